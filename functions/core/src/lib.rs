@@ -1,0 +1,20 @@
+//! taskq's domain and service logic. It knows the store and the queue only as traits
+//! ([`ports::TaskStore`], [`ports::TaskQueue`]); AWS lives in `taskq-aws`, and the in-memory
+//! adapters in [`memory`] give tests and the local server the same semantics.
+
+pub mod limits;
+pub mod memory;
+pub mod ports;
+pub mod service;
+pub mod submit;
+pub mod task;
+pub mod transition;
+
+pub use ports::{
+    Created, Delivery, IdempotencyClaim, ListQuery, QueueError, StoreError, TaskMessage, TaskPage,
+    TaskQueue, TaskStore,
+};
+pub use service::{ServiceError, Submitted, TaskService};
+pub use submit::{FieldError, NewTask};
+pub use task::{EventKind, Priority, Status, Task, TaskEvent, TaskFailure, TaskId, TaskType};
+pub use transition::{InvalidTransition, Snapshot, StateChange, Transition};

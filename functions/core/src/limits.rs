@@ -1,0 +1,33 @@
+//! Limits of the v1 contract, in one place so validation, docs and tests agree.
+
+/// Largest `payload` accepted, serialized (256 KiB, the SQS message limit people expect).
+pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+/// Largest request body of `POST /v1/tasks`: the payload plus room for the other fields.
+pub const MAX_SUBMIT_BODY_BYTES: usize = MAX_PAYLOAD_BYTES + 16 * 1024;
+/// Largest request body of `POST /v1/tasks/batch`: the Lambda synchronous invocation limit.
+pub const MAX_BATCH_BODY_BYTES: usize = 6 * 1024 * 1024 - 64 * 1024;
+/// A DynamoDB item holds at most 400 KB; payload, result and history share it.
+pub const MAX_ITEM_BYTES: usize = 400 * 1000;
+/// Room kept in an item for attributes other than payload and result, history included.
+pub const ITEM_OVERHEAD_BYTES: usize = 40 * 1024;
+pub const MAX_BATCH_ITEMS: usize = 100;
+pub const MAX_DELAY_SECONDS: u32 = 900;
+pub const MAX_ATTEMPTS: u32 = 25;
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+pub const MAX_TIMEOUT_SECONDS: u32 = 900;
+pub const DEFAULT_TIMEOUT_SECONDS: u32 = 60;
+pub const MAX_LIST_LIMIT: u32 = 100;
+pub const DEFAULT_LIST_LIMIT: u32 = 20;
+pub const MAX_WAIT_SECONDS: u32 = 20;
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+/// Idempotency keys are remembered this long, then a key may be used again.
+pub const IDEMPOTENCY_TTL_SECONDS: i64 = 24 * 3600;
+
+/// The largest result a handler may return for a task whose payload has `payload_bytes`:
+/// whatever the item has left, capped at the payload limit.
+pub fn max_result_bytes(payload_bytes: usize) -> usize {
+    MAX_ITEM_BYTES
+        .saturating_sub(ITEM_OVERHEAD_BYTES)
+        .saturating_sub(payload_bytes)
+        .min(MAX_PAYLOAD_BYTES)
+}

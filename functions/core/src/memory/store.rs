@@ -1,0 +1,105 @@
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::ports::{Created, IdempotencyClaim, ListQuery, StoreError, TaskPage, TaskStore};
+use crate::task::{Task, TaskId};
+use crate::transition::StateChange;
+
+#[derive(Default)]
+struct UserTasks {
+    tasks: BTreeMap<TaskId, Task>,
+    /// key -> (fingerprint, task id, expiry)
+    keys: HashMap<String, (String, TaskId, DateTime<Utc>)>,
+}
+
+/// A [`TaskStore`] in a map, one lock for all users (a test and dev backend, not a database).
+#[derive(Default)]
+pub struct MemoryTaskStore {
+    users: Mutex<HashMap<String, UserTasks>>,
+}
+
+impl MemoryTaskStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, UserTasks>> {
+        // A panic while holding the lock cannot leave a half-written task: every write below
+        // is a single assignment. So a poisoned lock is safe to keep using.
+        self.users.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl TaskStore for MemoryTaskStore {
+    async fn create(&self, task: &Task, claim: Option<&IdempotencyClaim>) -> Result<Created, StoreError> {
+        let mut users = self.lock();
+        let user = users.entry(task.user_id.clone()).or_default();
+        if let Some(claim) = claim {
+            if let Some((fingerprint, id, expires_at)) = user.keys.get(&claim.key) {
+                if *expires_at > Utc::now() {
+                    if let Some(existing) = user.tasks.get(id) {
+                        return Ok(Created::Existing {
+                            task: existing.clone(),
+                            same_request: *fingerprint == claim.fingerprint,
+                        });
+                    }
+                }
+            }
+        }
+        if user.tasks.contains_key(&task.id) {
+            return Err(StoreError::Conflict {
+                current: user.tasks.get(&task.id).cloned().map(Box::new),
+            });
+        }
+        user.tasks.insert(task.id, task.clone());
+        if let Some(claim) = claim {
+            user.keys.insert(
+                claim.key.clone(),
+                (claim.fingerprint.clone(), task.id, claim.expires_at),
+            );
+        }
+        Ok(Created::New(task.clone()))
+    }
+
+    async fn get(&self, user_id: &str, id: TaskId) -> Result<Option<Task>, StoreError> {
+        Ok(self.lock().get(user_id).and_then(|u| u.tasks.get(&id)).cloned())
+    }
+
+    async fn list(&self, user_id: &str, query: &ListQuery) -> Result<TaskPage, StoreError> {
+        let users = self.lock();
+        let Some(user) = users.get(user_id) else {
+            return Ok(TaskPage { tasks: vec![], next: None });
+        };
+        let range = match query.after {
+            Some(after) => user.tasks.range(..after),
+            None => user.tasks.range(..),
+        };
+        let limit = query.limit.max(1) as usize;
+        let mut matching = range.rev().map(|(_, t)| t).filter(|t| {
+            query.status.is_none_or(|s| t.status == s) && query.priority.is_none_or(|p| t.priority == p)
+        });
+        let tasks: Vec<Task> = matching.by_ref().take(limit).cloned().collect();
+        // Like DynamoDB, a full page says "there may be more" without looking further.
+        let next = (tasks.len() == limit).then(|| tasks[limit - 1].id);
+        Ok(TaskPage { tasks, next })
+    }
+
+    async fn apply(&self, user_id: &str, id: TaskId, change: &StateChange) -> Result<Task, StoreError> {
+        let mut users = self.lock();
+        let task = users
+            .get_mut(user_id)
+            .and_then(|u| u.tasks.get_mut(&id))
+            .ok_or(StoreError::Conflict { current: None })?;
+        if !change.matches(task) {
+            return Err(StoreError::Conflict {
+                current: Some(Box::new(task.clone())),
+            });
+        }
+        change.apply_to(task);
+        Ok(task.clone())
+    }
+}

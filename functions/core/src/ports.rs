@@ -1,0 +1,120 @@
+//! The two ports the service depends on. Adapters: [`crate::memory`] here, DynamoDB and SQS in
+//! `taskq-aws`. Both pass one contract suite (`functions/aws/tests/contract.rs`).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::task::{Priority, Status, Task, TaskId};
+use crate::transition::StateChange;
+
+type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("task not found")]
+    NotFound,
+    /// The task is not in the state the change expected. `current` is the task as it is now,
+    /// when the store could return it with the failed write (DynamoDB does, at no extra cost).
+    #[error("task is not in the expected state")]
+    Conflict { current: Option<Box<Task>> },
+    #[error("the store is throttling requests")]
+    Throttled(#[source] Cause),
+    #[error("the store failed")]
+    Unavailable(#[source] Cause),
+}
+
+#[derive(Debug, Error)]
+pub enum QueueError {
+    #[error("receipt handle is not valid (message deleted or received again)")]
+    InvalidReceipt,
+    #[error("the queue failed")]
+    Unavailable(#[source] Cause),
+}
+
+/// An idempotency key claimed together with the task it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyClaim {
+    pub key: String,
+    pub fingerprint: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug)]
+pub enum Created {
+    New(Task),
+    /// The key was claimed before: the task it names and whether the request was the same.
+    Existing { task: Task, same_request: bool },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    pub status: Option<Status>,
+    pub priority: Option<Priority>,
+    pub limit: u32,
+    /// Start after this task (newest first: older tasks than this one).
+    pub after: Option<TaskId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskPage {
+    pub tasks: Vec<Task>,
+    /// Set when more tasks may follow; pass it as `after` for the next page.
+    pub next: Option<TaskId>,
+}
+
+#[async_trait]
+pub trait TaskStore: Send + Sync + 'static {
+    /// Writes a new task (status queued), and its idempotency key when given, atomically.
+    async fn create(&self, task: &Task, claim: Option<&IdempotencyClaim>) -> Result<Created, StoreError>;
+
+    /// The task with its history; `None` when the user has no such task.
+    async fn get(&self, user_id: &str, id: TaskId) -> Result<Option<Task>, StoreError>;
+
+    /// A user's tasks, newest first.
+    async fn list(&self, user_id: &str, query: &ListQuery) -> Result<TaskPage, StoreError>;
+
+    /// Applies `change` if the task is in the state it expects; returns the task after it.
+    async fn apply(&self, user_id: &str, id: TaskId, change: &StateChange) -> Result<Task, StoreError>;
+}
+
+/// What a queue message carries: keys only. The payload stays in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskMessage {
+    pub user_id: String,
+    pub task_id: TaskId,
+    pub priority: Priority,
+}
+
+/// A message as received from a queue.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message_id: String,
+    pub receipt: String,
+    pub body: String,
+    pub receive_count: u32,
+    pub sent_at: DateTime<Utc>,
+    pub group_id: Option<String>,
+}
+
+#[async_trait]
+pub trait TaskQueue: Send + Sync + 'static {
+    async fn send(&self, message: &TaskMessage, delay: Duration) -> Result<(), QueueError>;
+
+    /// Sends many messages (any priorities); one result per message, in order.
+    async fn send_batch(&self, messages: &[(TaskMessage, Duration)]) -> Vec<Result<(), QueueError>>;
+
+    /// Makes a received message visible again after `timeout` (retry backoff).
+    async fn change_visibility(&self, priority: Priority, receipt: &str, timeout: Duration) -> Result<(), QueueError>;
+
+    /// Receives up to `max` messages, waiting up to `wait` for the first.
+    async fn receive(&self, priority: Priority, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError>;
+
+    async fn delete(&self, priority: Priority, receipt: &str) -> Result<(), QueueError>;
+
+    /// Messages on the priority's dead-letter queue (approximate).
+    async fn dead_letter_depth(&self, priority: Priority) -> Result<u64, QueueError>;
+}

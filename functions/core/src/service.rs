@@ -1,0 +1,249 @@
+//! What the API does, over the ports: submit, read, list, cancel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use thiserror::Error;
+
+use crate::limits::IDEMPOTENCY_TTL_SECONDS;
+use crate::ports::{Created, IdempotencyClaim, ListQuery, QueueError, StoreError, TaskPage, TaskQueue, TaskStore};
+use crate::submit::{FieldError, NewTask};
+use crate::task::{EventKind, Status, Task, TaskEvent, TaskId};
+use crate::transition::{InvalidTransition, Snapshot, Transition};
+
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    #[error("task not found")]
+    NotFound,
+    #[error(transparent)]
+    Conflict(#[from] InvalidTransition),
+    #[error("the Idempotency-Key was already used with a different request")]
+    IdempotencyMismatch,
+    /// The task is stored but its queue message could not be sent.
+    #[error("task {0} was stored but could not be enqueued")]
+    NotEnqueued(TaskId, #[source] QueueError),
+    #[error("storage is throttling requests")]
+    Throttled(#[source] StoreError),
+    #[error("storage failed")]
+    Store(#[source] StoreError),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ServiceError::NotFound,
+            StoreError::Throttled(_) => ServiceError::Throttled(e),
+            other => ServiceError::Store(other),
+        }
+    }
+}
+
+/// The result of a submission: the task, and whether it was an idempotent replay.
+#[derive(Debug)]
+pub struct Submitted {
+    pub task: Task,
+    pub replayed: bool,
+}
+
+#[derive(Clone)]
+pub struct TaskService {
+    store: Arc<dyn TaskStore>,
+    queue: Arc<dyn TaskQueue>,
+}
+
+/// How many times a cancel re-reads and retries when the task moved under it.
+const CANCEL_RACE_RETRIES: usize = 5;
+
+impl TaskService {
+    pub fn new(store: Arc<dyn TaskStore>, queue: Arc<dyn TaskQueue>) -> Self {
+        Self { store, queue }
+    }
+
+    pub fn store(&self) -> &Arc<dyn TaskStore> {
+        &self.store
+    }
+
+    pub fn queue(&self) -> &Arc<dyn TaskQueue> {
+        &self.queue
+    }
+
+    fn build(user_id: &str, new: &NewTask) -> Task {
+        let now = Utc::now();
+        let run_at = (new.delay_seconds > 0).then(|| now + chrono::Duration::seconds(new.delay_seconds.into()));
+        Task {
+            id: TaskId::new(),
+            user_id: user_id.to_owned(),
+            task_type: new.task_type.clone(),
+            priority: new.priority,
+            status: Status::Queued,
+            payload: new.payload.clone(),
+            result: None,
+            error: None,
+            attempts: 0,
+            max_attempts: new.max_attempts,
+            timeout_seconds: new.timeout_seconds,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            run_at,
+            cancel_requested: false,
+            lease_until: None,
+            history: vec![TaskEvent {
+                seq: 1,
+                at: now,
+                kind: EventKind::Submitted,
+                from: None,
+                to: Some(Status::Queued),
+                attempt: None,
+                detail: None,
+            }],
+        }
+    }
+
+    fn claim(new: &NewTask, key: Option<&str>) -> Option<IdempotencyClaim> {
+        key.map(|key| IdempotencyClaim {
+            key: key.to_owned(),
+            fingerprint: new.fingerprint(),
+            expires_at: Utc::now() + chrono::Duration::seconds(IDEMPOTENCY_TTL_SECONDS),
+        })
+    }
+
+    /// Stores the task first, then sends its message: a task is never queued without a record.
+    pub async fn submit(&self, user_id: &str, new: &NewTask, idempotency_key: Option<&str>) -> Result<Submitted, ServiceError> {
+        let task = Self::build(user_id, new);
+        let claim = Self::claim(new, idempotency_key);
+        match self.store.create(&task, claim.as_ref()).await? {
+            Created::Existing { task, same_request } => {
+                if same_request {
+                    Ok(Submitted { task, replayed: true })
+                } else {
+                    Err(ServiceError::IdempotencyMismatch)
+                }
+            }
+            Created::New(task) => {
+                let delay = Duration::from_secs(new.delay_seconds.into());
+                self.queue
+                    .send(&task.message(), delay)
+                    .await
+                    .map_err(|e| ServiceError::NotEnqueued(task.id, e))?;
+                Ok(Submitted { task, replayed: false })
+            }
+        }
+    }
+
+    /// Submits many tasks; one result per item, in order. Valid items are stored concurrently
+    /// and their messages sent in SQS batches of up to ten.
+    pub async fn submit_batch(
+        &self,
+        user_id: &str,
+        items: Vec<Result<(NewTask, Option<String>), FieldError>>,
+    ) -> Vec<Result<Submitted, ServiceError>> {
+        let mut results: Vec<Option<Result<Submitted, ServiceError>>> = Vec::with_capacity(items.len());
+        let mut pending = tokio::task::JoinSet::new();
+        for (i, item) in items.into_iter().enumerate() {
+            match item {
+                Err(e) => results.push(Some(Err(e.into()))),
+                Ok((new, key)) => {
+                    results.push(None);
+                    let store = self.store.clone();
+                    let user_id = user_id.to_owned();
+                    pending.spawn(async move {
+                        let task = Self::build(&user_id, &new);
+                        let claim = Self::claim(&new, key.as_deref());
+                        (i, new.delay_seconds, store.create(&task, claim.as_ref()).await)
+                    });
+                }
+            }
+        }
+        let mut to_send = Vec::new();
+        while let Some(joined) = pending.join_next().await {
+            let Ok((i, delay, created)) = joined else {
+                continue; // a panicked store call leaves its slot None: reported below
+            };
+            results[i] = Some(match created {
+                Err(e) => Err(e.into()),
+                Ok(Created::Existing { task, same_request: true }) => Ok(Submitted { task, replayed: true }),
+                Ok(Created::Existing { .. }) => Err(ServiceError::IdempotencyMismatch),
+                Ok(Created::New(task)) => {
+                    to_send.push((i, task.message(), Duration::from_secs(delay.into())));
+                    Ok(Submitted { task, replayed: false })
+                }
+            });
+        }
+        let messages: Vec<_> = to_send.iter().map(|(_, m, d)| (m.clone(), *d)).collect();
+        let sent = self.queue.send_batch(&messages).await;
+        for ((i, message, _), outcome) in to_send.into_iter().zip(sent) {
+            if let Err(e) = outcome {
+                results[i] = Some(Err(ServiceError::NotEnqueued(message.task_id, e)));
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(ServiceError::Store(StoreError::Unavailable("store call panicked".into())))
+                })
+            })
+            .collect()
+    }
+
+    pub async fn get(&self, user_id: &str, id: TaskId) -> Result<Task, ServiceError> {
+        self.store.get(user_id, id).await?.ok_or(ServiceError::NotFound)
+    }
+
+    /// Returns the task once it is terminal or `wait` has passed, polling with a growing interval.
+    pub async fn wait_terminal(&self, user_id: &str, id: TaskId, wait: Duration) -> Result<Task, ServiceError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut interval = Duration::from_millis(50);
+        loop {
+            let task = self.get(user_id, id).await?;
+            let now = tokio::time::Instant::now();
+            if task.status.is_terminal() || now >= deadline {
+                return Ok(task);
+            }
+            tokio::time::sleep(interval.min(deadline - now)).await;
+            interval = (interval * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    pub async fn list(&self, user_id: &str, query: &ListQuery) -> Result<TaskPage, ServiceError> {
+        Ok(self.store.list(user_id, query).await?)
+    }
+
+    /// Cancels a queued task at once, or asks a running one to stop. The returned flag is true
+    /// when the task was cancelled, false when cancellation was only requested.
+    pub async fn cancel(&self, user_id: &str, id: TaskId) -> Result<(Task, bool), ServiceError> {
+        let mut task = self.get(user_id, id).await?;
+        for _ in 0..CANCEL_RACE_RETRIES {
+            let transition = match task.status {
+                Status::Queued => Transition::Cancel { error: None },
+                Status::Running if task.cancel_requested => return Ok((task, false)),
+                Status::Running => Transition::RequestCancel,
+                _ => {
+                    return Err(InvalidTransition {
+                        from: task.status,
+                        action: "be cancelled",
+                    }
+                    .into())
+                }
+            };
+            let change = transition.plan(Snapshot::from(&task), Utc::now())?;
+            match self.store.apply(user_id, id, &change).await {
+                Ok(after) => {
+                    let cancelled = after.status == Status::Cancelled;
+                    return Ok((after, cancelled));
+                }
+                Err(StoreError::Conflict { current: Some(now) }) => task = *now,
+                Err(StoreError::Conflict { current: None }) => task = self.get(user_id, id).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Store(StoreError::Unavailable(
+            "task kept changing while being cancelled".into(),
+        )))
+    }
+}

@@ -1,0 +1,219 @@
+//! Validation of submitted tasks, exactly as the v1 contract states it. Errors name the field.
+
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::limits::*;
+use crate::task::{Priority, TaskType};
+
+/// A submission that passed validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    pub task_type: TaskType,
+    pub payload: Value,
+    pub priority: Priority,
+    pub delay_seconds: u32,
+    pub max_attempts: u32,
+    pub timeout_seconds: u32,
+}
+
+/// A field that failed validation. `too_large` marks size limits (HTTP 413, not 400).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+    pub too_large: bool,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+            too_large: false,
+        }
+    }
+}
+
+const FIELDS: &[&str] = &[
+    "type",
+    "payload",
+    "priority",
+    "delay_seconds",
+    "max_attempts",
+    "timeout_seconds",
+];
+
+impl NewTask {
+    /// Validates one task object. `prefix` is put before field names (`tasks[3].`) in errors.
+    pub fn from_json(value: &Value, prefix: &str) -> Result<Self, FieldError> {
+        let f = |name: &str| format!("{prefix}{name}");
+        let obj = value.as_object().ok_or_else(|| {
+            FieldError::new(
+                if prefix.is_empty() { "body" } else { prefix.trim_end_matches('.') },
+                "must be a JSON object",
+            )
+        })?;
+        if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(FieldError::new(
+                f(unknown),
+                format!("unknown field; allowed fields are {}", FIELDS.join(", ")),
+            ));
+        }
+        let task_type = match obj.get("type") {
+            Some(Value::String(s)) => TaskType::parse(s).map_err(|m| FieldError::new(f("type"), m))?,
+            Some(_) => return Err(FieldError::new(f("type"), "must be a string")),
+            None => return Err(FieldError::new(f("type"), "is required")),
+        };
+        let payload = obj.get("payload").cloned().unwrap_or(Value::Null);
+        let payload_len = serde_json::to_vec(&payload).map(|v| v.len()).unwrap_or(usize::MAX);
+        if payload_len > MAX_PAYLOAD_BYTES {
+            return Err(FieldError {
+                field: f("payload"),
+                message: format!("is {payload_len} bytes; the limit is {MAX_PAYLOAD_BYTES} bytes (256 KiB)"),
+                too_large: true,
+            });
+        }
+        let priority = match obj.get("priority") {
+            None | Some(Value::Null) => Priority::Normal,
+            Some(Value::String(s)) => s.parse().map_err(|m: String| FieldError::new(f("priority"), m))?,
+            Some(_) => return Err(FieldError::new(f("priority"), "must be a string: high, normal or low")),
+        };
+        Ok(Self {
+            task_type,
+            payload,
+            priority,
+            delay_seconds: int_field(obj, &f("delay_seconds"), "delay_seconds", 0, MAX_DELAY_SECONDS, 0)?,
+            max_attempts: int_field(obj, &f("max_attempts"), "max_attempts", 1, MAX_ATTEMPTS, DEFAULT_MAX_ATTEMPTS)?,
+            timeout_seconds: int_field(
+                obj,
+                &f("timeout_seconds"),
+                "timeout_seconds",
+                1,
+                MAX_TIMEOUT_SECONDS,
+                DEFAULT_TIMEOUT_SECONDS,
+            )?,
+        })
+    }
+
+    /// A stable fingerprint of the request, so an idempotent replay can tell "same body" from
+    /// "different body". Defaults are applied first: omitting `priority` equals sending `normal`.
+    pub fn fingerprint(&self) -> String {
+        let canonical = serde_json::json!({
+            "type": self.task_type.as_str(),
+            "payload": self.payload,
+            "priority": self.priority.as_str(),
+            "delay_seconds": self.delay_seconds,
+            "max_attempts": self.max_attempts,
+            "timeout_seconds": self.timeout_seconds,
+        });
+        // serde_json's Map is ordered by key, so this text is canonical.
+        format!("{:016x}", fnv1a64(canonical.to_string().as_bytes()))
+    }
+}
+
+fn int_field(
+    obj: &Map<String, Value>,
+    field: &str,
+    key: &str,
+    min: u32,
+    max: u32,
+    default: u32,
+) -> Result<u32, FieldError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v) if v >= u64::from(min) && v <= u64::from(max) => Ok(v as u32),
+            _ => Err(FieldError::new(field, format!("must be an integer from {min} to {max}"))),
+        },
+        Some(_) => Err(FieldError::new(field, format!("must be an integer from {min} to {max}"))),
+    }
+}
+
+/// FNV-1a, 64 bits: stable across builds and platforms, unlike std's hasher.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// An `Idempotency-Key` header value: 1-255 visible ASCII characters.
+pub fn validate_idempotency_key(key: &str) -> Result<(), FieldError> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || !key.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(FieldError::new(
+            "Idempotency-Key",
+            "must be 1-255 visible ASCII characters",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_apply() {
+        let t = NewTask::from_json(&json!({"type": "echo"}), "").unwrap();
+        assert_eq!(t.priority, Priority::Normal);
+        assert_eq!((t.delay_seconds, t.max_attempts, t.timeout_seconds), (0, 3, 60));
+        assert_eq!(t.payload, Value::Null);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (json!({}), "type"),
+            (json!({"type": "Bad Type"}), "type"),
+            (json!({"type": "x", "priority": "urgent"}), "priority"),
+            (json!({"type": "x", "delay_seconds": 901}), "delay_seconds"),
+            (json!({"type": "x", "max_attempts": 0}), "max_attempts"),
+            (json!({"type": "x", "max_attempts": 26}), "max_attempts"),
+            (json!({"type": "x", "timeout_seconds": 1.5}), "timeout_seconds"),
+            (json!({"type": "x", "colour": 1}), "colour"),
+        ];
+        for (body, field) in cases {
+            assert_eq!(NewTask::from_json(&body, "").unwrap_err().field, field, "{body}");
+        }
+        let e = NewTask::from_json(&json!({"priority": 1}), "tasks[2].").unwrap_err();
+        assert_eq!(e.field, "tasks[2].type");
+    }
+
+    #[test]
+    fn payload_over_256_kib_is_too_large() {
+        let big = "x".repeat(MAX_PAYLOAD_BYTES);
+        let e = NewTask::from_json(&json!({"type": "x", "payload": big}), "").unwrap_err();
+        assert!(e.too_large);
+        assert_eq!(e.field, "payload");
+    }
+
+    #[test]
+    fn fingerprint_ignores_spelled_out_defaults() {
+        let a = NewTask::from_json(&json!({"type": "x", "payload": {"b": 1, "a": 2}}), "").unwrap();
+        let b = NewTask::from_json(&json!({"payload": {"a": 2, "b": 1}, "type": "x", "priority": "normal"}), "").unwrap();
+        let c = NewTask::from_json(&json!({"type": "x", "payload": {"a": 3}}), "").unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+
+    proptest! {
+        #[test]
+        fn task_type_accepts_exactly_the_contract_alphabet(s in "\\PC{0,70}") {
+            let ok = !s.is_empty() && s.len() <= 64
+                && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+            prop_assert_eq!(TaskType::parse(&s).is_ok(), ok);
+        }
+
+        #[test]
+        fn integer_fields_accept_exactly_their_range(v in -5i64..1000) {
+            let r = NewTask::from_json(&json!({"type": "x", "delay_seconds": v}), "");
+            prop_assert_eq!(r.is_ok(), (0..=900).contains(&v));
+        }
+    }
+}

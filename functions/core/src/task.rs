@@ -1,0 +1,226 @@
+//! The task and the values it is made of.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use ulid::Ulid;
+
+/// A task id: a ULID, so a user's tasks sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(Ulid);
+
+impl TaskId {
+    pub fn new() -> Self {
+        Self(Ulid::new())
+    }
+    pub fn from_ulid(ulid: Ulid) -> Self {
+        Self(ulid)
+    }
+    pub fn ulid(&self) -> Ulid {
+        self.0
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = ulid::DecodeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ulid::from_string(s).map(Self)
+    }
+}
+
+/// A task type: 1-64 characters of `[a-z0-9_.-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct TaskType(String);
+
+impl TaskType {
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        if s.is_empty() || s.len() > 64 {
+            return Err("must be 1-64 characters");
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+        {
+            return Err("may only contain a-z, 0-9, '_', '.' and '-'");
+        }
+        Ok(Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TaskType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+macro_rules! string_enum {
+    ($name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(&self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(format!(
+                        "must be one of {}",
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(Priority { High => "high", Normal => "normal", Low => "low" });
+string_enum!(Status {
+    Queued => "queued",
+    Running => "running",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Cancelled => "cancelled",
+    Dead => "dead",
+});
+
+impl Status {
+    pub fn is_terminal(&self) -> bool {
+        !matches!(self, Status::Queued | Status::Running)
+    }
+}
+
+/// Why a task failed (or why its last attempt did).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFailure {
+    pub kind: String,
+    pub message: String,
+}
+
+impl TaskFailure {
+    pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What happened to a task. `seq` counts from 1 in the order events were written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    pub seq: u32,
+    pub at: DateTime<Utc>,
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub from: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub to: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub attempt: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Submitted,
+    Started,
+    /// A delivery found the previous attempt's lease expired (its worker died) and took over.
+    LeaseExpired,
+    Succeeded,
+    RetryScheduled,
+    Failed,
+    CancelRequested,
+    Cancelled,
+    Dead,
+}
+
+/// A task as clients see it (its JSON is the contract's task object) plus the fields the
+/// service keeps for itself (`user_id`, `lease_until`, `history`), which are not serialized.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Task {
+    pub id: TaskId,
+    #[serde(skip)]
+    pub user_id: String,
+    #[serde(rename = "type")]
+    pub task_type: TaskType,
+    pub priority: Priority,
+    pub status: Status,
+    pub payload: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<TaskFailure>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub timeout_seconds: u32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_requested: bool,
+    /// While running: when the attempt's worker is presumed dead if it has not written.
+    #[serde(skip)]
+    pub lease_until: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub history: Vec<TaskEvent>,
+}
+
+impl Task {
+    /// The message that stands for this task in its queue.
+    pub fn message(&self) -> crate::ports::TaskMessage {
+        crate::ports::TaskMessage {
+            user_id: self.user_id.clone(),
+            task_id: self.id,
+            priority: self.priority,
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! The task state machine. Every state change is planned here as a [`StateChange`]: the state it
+//! expects (status and attempt count) and what it writes, history event included. Stores apply a
+//! change only if the task is still in the expected state, so a duplicate delivery or a stale
+//! worker can never move a task twice.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::task::{EventKind, Status, Task, TaskEvent, TaskFailure};
+
+/// What a caller knows of a task's current state: enough to plan a conditional change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub status: Status,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub cancel_requested: bool,
+}
+
+impl From<&Task> for Snapshot {
+    fn from(t: &Task) -> Self {
+        Self {
+            status: t.status,
+            attempts: t.attempts,
+            max_attempts: t.max_attempts,
+            cancel_requested: t.cancel_requested,
+        }
+    }
+}
+
+/// The moves a task can make.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    /// queued -> running: the next attempt begins and holds a lease until `lease_until`.
+    Start { lease_until: DateTime<Utc> },
+    /// running -> running: the previous attempt's lease expired; a new attempt takes over.
+    TakeOver { lease_until: DateTime<Utc> },
+    /// running -> succeeded.
+    Succeed { result: Value },
+    /// running -> queued, to run again at `run_at`.
+    Retry {
+        error: TaskFailure,
+        run_at: DateTime<Utc>,
+    },
+    /// running -> failed.
+    Fail { error: TaskFailure },
+    /// queued -> cancelled, or running -> cancelled once the running attempt has ended.
+    Cancel { error: Option<TaskFailure> },
+    /// running -> running with `cancel_requested`.
+    RequestCancel,
+    /// queued | running -> dead: the queue gave up on its message.
+    Dead { detail: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("a {from} task cannot {action}")]
+pub struct InvalidTransition {
+    pub from: Status,
+    pub action: &'static str,
+}
+
+/// A field a change may leave alone, set, or remove.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Field<T> {
+    #[default]
+    Keep,
+    Set(T),
+    Clear,
+}
+
+impl<T: Clone> Field<T> {
+    fn apply(&self, slot: &mut Option<T>) {
+        match self {
+            Field::Keep => {}
+            Field::Set(v) => *slot = Some(v.clone()),
+            Field::Clear => *slot = None,
+        }
+    }
+}
+
+/// One conditional write: applied only when the task has `expect_status` and `expect_attempts`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateChange {
+    pub expect_status: Status,
+    pub expect_attempts: u32,
+    pub status: Status,
+    pub attempts: u32,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Field<DateTime<Utc>>,
+    pub finished_at: Field<DateTime<Utc>>,
+    pub run_at: Field<DateTime<Utc>>,
+    pub lease_until: Field<DateTime<Utc>>,
+    pub result: Field<Value>,
+    pub error: Field<TaskFailure>,
+    pub cancel_requested: Option<bool>,
+    /// The history entry written with the change; its `seq` is assigned by position on read.
+    pub event: TaskEvent,
+}
+
+impl Transition {
+    fn name(&self) -> &'static str {
+        match self {
+            Transition::Start { .. } => "start",
+            Transition::TakeOver { .. } => "be taken over",
+            Transition::Succeed { .. } => "succeed",
+            Transition::Retry { .. } => "be retried",
+            Transition::Fail { .. } => "fail",
+            Transition::Cancel { .. } => "be cancelled",
+            Transition::RequestCancel => "be asked to cancel",
+            Transition::Dead { .. } => "be marked dead",
+        }
+    }
+
+    /// The target status of this move from `from`, or why it is not allowed.
+    pub fn target(&self, from: Status) -> Result<Status, InvalidTransition> {
+        use Status::*;
+        let to = match (self, from) {
+            (Transition::Start { .. }, Queued) => Running,
+            (Transition::TakeOver { .. }, Running) => Running,
+            (Transition::Succeed { .. }, Running) => Succeeded,
+            (Transition::Retry { .. }, Running) => Queued,
+            (Transition::Fail { .. }, Running) => Failed,
+            (Transition::Cancel { .. }, Queued | Running) => Cancelled,
+            (Transition::RequestCancel, Running) => Running,
+            (Transition::Dead { .. }, Queued | Running) => Dead,
+            _ => {
+                return Err(InvalidTransition {
+                    from,
+                    action: self.name(),
+                })
+            }
+        };
+        Ok(to)
+    }
+
+    /// Plans this move from `current` at `now`.
+    pub fn plan(self, current: Snapshot, now: DateTime<Utc>) -> Result<StateChange, InvalidTransition> {
+        let from = current.status;
+        let to = self.target(from)?;
+        let mut change = StateChange {
+            expect_status: from,
+            expect_attempts: current.attempts,
+            status: to,
+            attempts: current.attempts,
+            updated_at: now,
+            started_at: Field::Keep,
+            finished_at: Field::Keep,
+            run_at: Field::Keep,
+            lease_until: Field::Keep,
+            result: Field::Keep,
+            error: Field::Keep,
+            cancel_requested: None,
+            event: TaskEvent {
+                seq: 0,
+                at: now,
+                kind: EventKind::Submitted,
+                from: Some(from),
+                to: Some(to),
+                attempt: None,
+                detail: None,
+            },
+        };
+        if to.is_terminal() {
+            change.finished_at = Field::Set(now);
+            change.lease_until = Field::Clear;
+            change.run_at = Field::Clear;
+        }
+        match self {
+            Transition::Start { lease_until } | Transition::TakeOver { lease_until } => {
+                let took_over = from == Status::Running;
+                if current.attempts >= current.max_attempts {
+                    return Err(InvalidTransition {
+                        from,
+                        action: "start another attempt (max_attempts reached)",
+                    });
+                }
+                change.attempts = current.attempts + 1;
+                change.started_at = Field::Set(now);
+                change.lease_until = Field::Set(lease_until);
+                change.run_at = Field::Clear;
+                change.event.kind = if took_over {
+                    EventKind::LeaseExpired
+                } else {
+                    EventKind::Started
+                };
+                change.event.attempt = Some(change.attempts);
+            }
+            Transition::Succeed { result } => {
+                change.result = Field::Set(result);
+                change.error = Field::Clear;
+                change.event.kind = EventKind::Succeeded;
+                change.event.attempt = Some(current.attempts);
+            }
+            Transition::Retry { error, run_at } => {
+                change.event.kind = EventKind::RetryScheduled;
+                change.event.attempt = Some(current.attempts);
+                change.event.detail = Some(format!(
+                    "{}: {}; next attempt at {}",
+                    error.kind,
+                    error.message,
+                    run_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ));
+                change.error = Field::Set(error);
+                change.run_at = Field::Set(run_at);
+                change.lease_until = Field::Clear;
+            }
+            Transition::Fail { error } => {
+                change.event.kind = EventKind::Failed;
+                change.event.attempt = Some(current.attempts);
+                change.event.detail = Some(format!("{}: {}", error.kind, error.message));
+                change.error = Field::Set(error);
+            }
+            Transition::Cancel { error } => {
+                change.event.kind = EventKind::Cancelled;
+                if let Some(error) = error {
+                    change.error = Field::Set(error);
+                }
+            }
+            Transition::RequestCancel => {
+                change.event.kind = EventKind::CancelRequested;
+                change.event.from = None;
+                change.event.to = None;
+                change.cancel_requested = Some(true);
+            }
+            Transition::Dead { detail } => {
+                change.event.kind = EventKind::Dead;
+                change.event.detail = Some(detail.clone());
+                change.error = Field::Set(TaskFailure::new("dead", detail));
+            }
+        }
+        Ok(change)
+    }
+}
+
+impl StateChange {
+    /// Whether `task` is in the state this change expects.
+    pub fn matches(&self, task: &Task) -> bool {
+        task.status == self.expect_status && task.attempts == self.expect_attempts
+    }
+
+    /// Applies the change to a task that [`matches`](Self::matches) it.
+    pub fn apply_to(&self, task: &mut Task) {
+        task.status = self.status;
+        task.attempts = self.attempts;
+        task.updated_at = self.updated_at;
+        self.started_at.apply(&mut task.started_at);
+        self.finished_at.apply(&mut task.finished_at);
+        self.run_at.apply(&mut task.run_at);
+        self.lease_until.apply(&mut task.lease_until);
+        self.result.apply(&mut task.result);
+        self.error.apply(&mut task.error);
+        if let Some(c) = self.cancel_requested {
+            task.cancel_requested = c;
+        }
+        let mut event = self.event.clone();
+        event.seq = task.history.len() as u32 + 1;
+        task.history.push(event);
+    }
+}
+
+/// Whether `to` may follow `from` in a task's history (used to check recorded histories).
+pub fn is_valid_step(from: Status, to: Status) -> bool {
+    use Status::*;
+    matches!(
+        (from, to),
+        (Queued, Running | Cancelled | Dead)
+            | (Running, Running | Succeeded | Queued | Failed | Cancelled | Dead)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn snap(status: Status, attempts: u32) -> Snapshot {
+        Snapshot {
+            status,
+            attempts,
+            max_attempts: 3,
+            cancel_requested: false,
+        }
+    }
+
+    fn all_transitions() -> Vec<Transition> {
+        let now = Utc::now();
+        vec![
+            Transition::Start { lease_until: now },
+            Transition::TakeOver { lease_until: now },
+            Transition::Succeed { result: Value::Null },
+            Transition::Retry {
+                error: TaskFailure::new("k", "m"),
+                run_at: now,
+            },
+            Transition::Fail {
+                error: TaskFailure::new("k", "m"),
+            },
+            Transition::Cancel { error: None },
+            Transition::RequestCancel,
+            Transition::Dead { detail: "d".into() },
+        ]
+    }
+
+    #[test]
+    fn terminal_tasks_never_move() {
+        for status in Status::ALL.iter().filter(|s| s.is_terminal()) {
+            for t in all_transitions() {
+                assert!(t.plan(snap(*status, 1), Utc::now()).is_err(), "{status} moved");
+            }
+        }
+    }
+
+    #[test]
+    fn start_counts_an_attempt_and_refuses_past_max() {
+        let now = Utc::now();
+        let c = Transition::Start { lease_until: now }.plan(snap(Status::Queued, 1), now).unwrap();
+        assert_eq!((c.expect_attempts, c.attempts, c.status), (1, 2, Status::Running));
+        assert_eq!(c.event.attempt, Some(2));
+        assert!(Transition::Start { lease_until: now }.plan(snap(Status::Queued, 3), now).is_err());
+    }
+
+    #[test]
+    fn retry_keeps_attempts_and_sets_run_at() {
+        let now = Utc::now();
+        let c = Transition::Retry {
+            error: TaskFailure::new("boom", "x"),
+            run_at: now,
+        }
+        .plan(snap(Status::Running, 2), now)
+        .unwrap();
+        assert_eq!((c.status, c.attempts), (Status::Queued, 2));
+        assert_eq!(c.run_at, Field::Set(now));
+    }
+
+    proptest! {
+        #[test]
+        fn planned_changes_are_valid_steps(si in 0usize..6, ti in 0usize..8, attempts in 0u32..5) {
+            let status = Status::ALL[si];
+            let t = all_transitions().swap_remove(ti);
+            if let Ok(c) = t.plan(snap(status, attempts), Utc::now()) {
+                prop_assert!(is_valid_step(c.expect_status, c.status));
+                prop_assert!(c.attempts == attempts || c.attempts == attempts + 1);
+                prop_assert_eq!(c.status.is_terminal(), c.finished_at != Field::Keep);
+            }
+        }
+    }
+}
