@@ -1,1 +1,15 @@
+//! taskq's ports over AWS: [`DynamoDbTaskStore`] and [`SqsTaskQueue`], the configuration that
+//! builds them from the environment (one binary runs against AWS, moto or LocalStack through
+//! `AWS_ENDPOINT_URL`), a bootstrap that creates the resources for local runs and tests, and the
+//! telemetry set-up shared by the Lambda binaries.
 
+pub mod bootstrap;
+pub mod config;
+mod dynamodb;
+mod item;
+mod sqs;
+pub mod telemetry;
+
+pub use config::{AwsConfig, QueueUrls};
+pub use dynamodb::DynamoDbTaskStore;
+pub use sqs::SqsTaskQueue;

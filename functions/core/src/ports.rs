@@ -87,6 +87,14 @@ pub struct TaskMessage {
     pub user_id: String,
     pub task_id: TaskId,
     pub priority: Priority,
+    /// The task's timeout, so a worker can set the attempt's lease in the same write that
+    /// starts it (the task itself is not read first).
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u32,
+}
+
+fn default_timeout() -> u32 {
+    crate::limits::MAX_TIMEOUT_SECONDS
 }
 
 /// A message as received from a queue.

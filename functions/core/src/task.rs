@@ -221,6 +221,7 @@ impl Task {
             user_id: self.user_id.clone(),
             task_id: self.id,
             priority: self.priority,
+            timeout_seconds: self.timeout_seconds,
         }
     }
 }

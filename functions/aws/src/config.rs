@@ -1,0 +1,88 @@
+//! Configuration of the AWS adapters, read once from the environment by `main`.
+
+use aws_config::BehaviorVersion;
+use taskq_core::Priority;
+
+use crate::{DynamoDbTaskStore, SqsTaskQueue};
+
+/// Queue URLs by priority: high, normal, low.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueUrls {
+    pub queues: [String; 3],
+    /// Dead-letter queues; optional (only admin views and tests read them).
+    pub dead_letter: [Option<String>; 3],
+}
+
+impl QueueUrls {
+    pub fn url(&self, p: Priority) -> &str {
+        &self.queues[index(p)]
+    }
+    pub fn dead_letter_url(&self, p: Priority) -> Option<&str> {
+        self.dead_letter[index(p)].as_deref()
+    }
+}
+
+pub(crate) fn index(p: Priority) -> usize {
+    match p {
+        Priority::High => 0,
+        Priority::Normal => 1,
+        Priority::Low => 2,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AwsConfig {
+    pub table_name: String,
+    pub queues: QueueUrls,
+}
+
+impl AwsConfig {
+    /// Reads `TASKQ_TABLE_NAME`, `TASKQ_QUEUE_URL_{HIGH,NORMAL,LOW}` and, optionally,
+    /// `TASKQ_DLQ_URL_{HIGH,NORMAL,LOW}`. Reports every missing variable at once.
+    pub fn from_env() -> Result<Self, String> {
+        let mut missing = Vec::new();
+        let mut var = |name: &str| match std::env::var(name) {
+            Ok(v) if !v.is_empty() => v,
+            _ => {
+                missing.push(name.to_owned());
+                String::new()
+            }
+        };
+        let table_name = var("TASKQ_TABLE_NAME");
+        let queues = [
+            var("TASKQ_QUEUE_URL_HIGH"),
+            var("TASKQ_QUEUE_URL_NORMAL"),
+            var("TASKQ_QUEUE_URL_LOW"),
+        ];
+        if !missing.is_empty() {
+            return Err(format!("missing environment variables: {}", missing.join(", ")));
+        }
+        let dlq = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Ok(Self {
+            table_name,
+            queues: QueueUrls {
+                queues,
+                dead_letter: [dlq("TASKQ_DLQ_URL_HIGH"), dlq("TASKQ_DLQ_URL_NORMAL"), dlq("TASKQ_DLQ_URL_LOW")],
+            },
+        })
+    }
+
+    /// The SDK configuration from the environment (region, credentials, `AWS_ENDPOINT_URL`).
+    /// No network I/O: credentials are resolved on first use.
+    pub async fn sdk_config() -> aws_config::SdkConfig {
+        aws_config::defaults(BehaviorVersion::latest()).load().await
+    }
+
+    /// Builds both adapters over one SDK configuration.
+    pub async fn adapters(&self) -> (DynamoDbTaskStore, SqsTaskQueue) {
+        let sdk = Self::sdk_config().await;
+        self.adapters_from(&sdk)
+    }
+
+    pub fn adapters_from(&self, sdk: &aws_config::SdkConfig) -> (DynamoDbTaskStore, SqsTaskQueue) {
+        (
+            DynamoDbTaskStore::new(aws_sdk_dynamodb::Client::new(sdk), self.table_name.clone()),
+            SqsTaskQueue::new(aws_sdk_sqs::Client::new(sdk), self.queues.clone()),
+        )
+    }
+}

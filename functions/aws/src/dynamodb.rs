@@ -1,0 +1,331 @@
+//! [`TaskStore`] over DynamoDB. Every state change is one conditional UpdateItem that also
+//! appends the history event; a failed condition returns the current item (no extra read).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+};
+use aws_sdk_dynamodb::Client;
+use chrono::{DateTime, Utc};
+use taskq_core::transition::Field;
+use taskq_core::{Created, IdempotencyClaim, ListQuery, StateChange, StoreError, Task, TaskId, TaskPage, TaskStore};
+use tracing::instrument;
+
+use crate::item::{self, Item, STATUS_INDEX};
+
+#[derive(Clone, Debug)]
+pub struct DynamoDbTaskStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoDbTaskStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    fn key(user_id: &str, sk: String) -> Item {
+        HashMap::from([
+            ("pk".to_owned(), AttributeValue::S(item::pk(user_id))),
+            ("sk".to_owned(), AttributeValue::S(sk)),
+        ])
+    }
+
+    async fn read(&self, key: Item) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(store_error)?;
+        Ok(out.item)
+    }
+
+    /// The task an existing idempotency key names, or `None` when the key is free or expired.
+    async fn claimed(&self, user_id: &str, claim: &IdempotencyClaim) -> Result<Option<Created>, StoreError> {
+        let Some(record) = self.read(Self::key(user_id, item::key_sk(&claim.key))).await? else {
+            return Ok(None);
+        };
+        let text = |name: &str| match record.get(name) {
+            Some(AttributeValue::S(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let expires: i64 = match record.get("expires_at") {
+            Some(AttributeValue::N(n)) => n.parse().unwrap_or(0),
+            _ => 0,
+        };
+        if expires <= Utc::now().timestamp() {
+            return Ok(None);
+        }
+        let (Some(task_id), Some(fingerprint)) = (text("task_id"), text("fingerprint")) else {
+            return Err(StoreError::Unavailable("idempotency record without task_id".into()));
+        };
+        let id: TaskId = task_id
+            .parse()
+            .map_err(|_| StoreError::Unavailable("idempotency record with a bad task_id".into()))?;
+        let task = self.get(user_id, id).await?.ok_or(StoreError::Conflict { current: None })?;
+        Ok(Some(Created::Existing {
+            task,
+            same_request: fingerprint == claim.fingerprint,
+        }))
+    }
+}
+
+#[async_trait]
+impl TaskStore for DynamoDbTaskStore {
+    #[instrument(skip_all, fields(task_id = %task.id), err(Debug))]
+    async fn create(&self, task: &Task, claim: Option<&IdempotencyClaim>) -> Result<Created, StoreError> {
+        let task_item = item::to_item(task).map_err(|e| StoreError::Unavailable(e.into()))?;
+        let Some(claim) = claim else {
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(task_item))
+                .condition_expression("attribute_not_exists(pk)")
+                .send()
+                .await
+                .map_err(store_error)?;
+            return Ok(Created::New(task.clone()));
+        };
+        // Fast path for replays: most requests that carry a used key are retries.
+        if let Some(existing) = self.claimed(&task.user_id, claim).await? {
+            return Ok(existing);
+        }
+        let mut key_item = Self::key(&task.user_id, item::key_sk(&claim.key));
+        key_item.insert("task_id".into(), AttributeValue::S(task.id.to_string()));
+        key_item.insert("fingerprint".into(), AttributeValue::S(claim.fingerprint.clone()));
+        key_item.insert("expires_at".into(), AttributeValue::N(claim.expires_at.timestamp().to_string()));
+        let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Unavailable(e.into());
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(task_item))
+                            .condition_expression("attribute_not_exists(pk)")
+                            .build()
+                            .map_err(build)?,
+                    )
+                    .build(),
+            )
+            .transact_items(
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(key_item))
+                            // An expired key whose item TTL has not yet removed may be reused.
+                            .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
+                            .expression_attribute_values(":now", AttributeValue::N(Utc::now().timestamp().to_string()))
+                            .build()
+                            .map_err(build)?,
+                    )
+                    .build(),
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Created::New(task.clone())),
+            Err(e) => {
+                let cancelled = matches!(e.code(), Some("TransactionCanceledException"));
+                if cancelled {
+                    // A concurrent request claimed the key between our read and write.
+                    if let Some(existing) = self.claimed(&task.user_id, claim).await? {
+                        return Ok(existing);
+                    }
+                }
+                Err(store_error(e))
+            }
+        }
+    }
+
+    #[instrument(skip_all, fields(task_id = %id), err(Debug))]
+    async fn get(&self, user_id: &str, id: TaskId) -> Result<Option<Task>, StoreError> {
+        self.read(Self::key(user_id, item::task_sk(id)))
+            .await?
+            .map(|i| item::from_item(i).map_err(|e| StoreError::Unavailable(e.into())))
+            .transpose()
+    }
+
+    #[instrument(skip_all, err(Debug))]
+    async fn list(&self, user_id: &str, query: &ListQuery) -> Result<TaskPage, StoreError> {
+        let limit = query.limit.max(1) as usize;
+        let mut start: Option<Item> = query.after.map(|after| {
+            let mut k = Self::key(user_id, item::task_sk(after));
+            if let Some(status) = query.status {
+                k.insert("gsi1pk".into(), AttributeValue::S(item::status_pk(user_id, status)));
+                k.insert("gsi1sk".into(), AttributeValue::S(item::task_sk(after)));
+            }
+            k
+        });
+        let mut tasks = Vec::with_capacity(limit);
+        // A filter on priority is applied after DynamoDB's Limit: keep reading until the page is
+        // full or the partition is exhausted.
+        loop {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .scan_index_forward(false)
+                .limit((limit - tasks.len()) as i32)
+                .set_exclusive_start_key(start.take());
+            q = match query.status {
+                Some(status) => q
+                    .index_name(STATUS_INDEX)
+                    .key_condition_expression("gsi1pk = :pk")
+                    .expression_attribute_values(":pk", AttributeValue::S(item::status_pk(user_id, status))),
+                None => q
+                    .key_condition_expression("pk = :pk AND begins_with(sk, :t)")
+                    .expression_attribute_values(":pk", AttributeValue::S(item::pk(user_id)))
+                    .expression_attribute_values(":t", AttributeValue::S("T#".into())),
+            };
+            if let Some(p) = query.priority {
+                q = q
+                    .filter_expression("priority = :p")
+                    .expression_attribute_values(":p", AttributeValue::S(p.as_str().into()));
+            }
+            let out = q.send().await.map_err(store_error)?;
+            for i in out.items.unwrap_or_default() {
+                tasks.push(item::from_item(i).map_err(|e| StoreError::Unavailable(e.into()))?);
+            }
+            match out.last_evaluated_key {
+                Some(k) if tasks.len() < limit => start = Some(k),
+                _ => break,
+            }
+        }
+        let next = (tasks.len() == limit).then(|| tasks[limit - 1].id);
+        Ok(TaskPage { tasks, next })
+    }
+
+    #[instrument(skip_all, fields(task_id = %id, to = %change.status), err(Debug))]
+    async fn apply(&self, user_id: &str, id: TaskId, change: &StateChange) -> Result<Task, StoreError> {
+        let u = Update::from_change(user_id, change).map_err(|e| StoreError::Unavailable(e.into()))?;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(user_id, item::task_sk(id))))
+            .update_expression(u.expression())
+            .condition_expression("#status = :expect_status AND attempts = :expect_attempts")
+            .set_expression_attribute_names(Some(u.names))
+            .set_expression_attribute_values(Some(u.values))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let item = out.attributes.ok_or_else(|| StoreError::Unavailable("UpdateItem returned no attributes".into()))?;
+                item::from_item(item).map_err(|e| StoreError::Unavailable(e.into()))
+            }
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                let current = match e.into_err() {
+                    aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => c.item,
+                    _ => None,
+                };
+                let current = current
+                    .map(item::from_item)
+                    .transpose()
+                    .map_err(|e| StoreError::Unavailable(e.into()))?;
+                Err(StoreError::Conflict { current: current.map(Box::new) })
+            }
+            Err(e) => Err(store_error(e)),
+        }
+    }
+}
+
+/// An UpdateItem expression under construction.
+struct Update {
+    set: Vec<String>,
+    remove: Vec<String>,
+    names: HashMap<String, String>,
+    values: Item,
+}
+
+impl Update {
+    fn from_change(user_id: &str, c: &StateChange) -> Result<Self, item::ItemError> {
+        let mut u = Update {
+            set: vec![],
+            remove: vec![],
+            names: HashMap::from([("#status".to_owned(), "status".to_owned())]),
+            values: HashMap::new(),
+        };
+        let s = |v: &str| AttributeValue::S(v.to_owned());
+        let n = |v: u32| AttributeValue::N(v.to_string());
+        u.values.insert(":expect_status".into(), s(c.expect_status.as_str()));
+        u.values.insert(":expect_attempts".into(), n(c.expect_attempts));
+        u.assign("#status", ":status", s(c.status.as_str()));
+        u.assign("gsi1pk", ":gsi1pk", s(&item::status_pk(user_id, c.status)));
+        u.assign("attempts", ":attempts", n(c.attempts));
+        u.assign("updated_at", ":updated_at", time(c.updated_at));
+        u.field("started_at", &c.started_at, |t| time(*t));
+        u.field("finished_at", &c.finished_at, |t| time(*t));
+        u.field("run_at", &c.run_at, |t| time(*t));
+        u.field("lease_until", &c.lease_until, |t| time(*t));
+        u.field("result", &c.result, |v| s(&item::json_text(v)));
+        let error = match &c.error {
+            Field::Set(e) => Field::Set(serde_dynamo::to_attribute_value::<_, AttributeValue>(e)?),
+            Field::Clear => Field::Clear,
+            Field::Keep => Field::Keep,
+        };
+        u.field("error", &error, |v| v.clone());
+        if let Some(flag) = c.cancel_requested {
+            u.assign("cancel_requested", ":cancel_requested", AttributeValue::Bool(flag));
+        }
+        u.set.push("events = list_append(events, :event)".into());
+        u.values.insert(":event".into(), AttributeValue::L(vec![item::event_value(&c.event)?]));
+        Ok(u)
+    }
+
+    fn assign(&mut self, name: &str, placeholder: &str, value: AttributeValue) {
+        self.set.push(format!("{name} = {placeholder}"));
+        self.values.insert(placeholder.to_owned(), value);
+    }
+
+    fn field<T>(&mut self, name: &str, field: &Field<T>, to_value: impl Fn(&T) -> AttributeValue) {
+        match field {
+            Field::Keep => {}
+            Field::Set(v) => self.assign(name, &format!(":{name}"), to_value(v)),
+            Field::Clear => self.remove.push(name.to_owned()),
+        }
+    }
+
+    fn expression(&self) -> String {
+        let mut e = format!("SET {}", self.set.join(", "));
+        if !self.remove.is_empty() {
+            e.push_str(&format!(" REMOVE {}", self.remove.join(", ")));
+        }
+        e
+    }
+}
+
+fn time(t: DateTime<Utc>) -> AttributeValue {
+    // The same text serde gives a DateTime, so items written either way read back alike.
+    AttributeValue::S(serde_json::to_value(t).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default())
+}
+
+fn store_error<E, R>(e: SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match e.code() {
+        Some("ProvisionedThroughputExceededException" | "RequestLimitExceeded" | "ThrottlingException") => {
+            StoreError::Throttled(Box::new(e))
+        }
+        Some("ConditionalCheckFailedException") => StoreError::Conflict { current: None },
+        _ => StoreError::Unavailable(Box::new(e)),
+    }
+}

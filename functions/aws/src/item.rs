@@ -1,0 +1,244 @@
+//! The single-table layout and the mapping between items and tasks.
+//!
+//! | item        | pk          | sk           | gsi1pk (index `by-status`) | gsi1sk  |
+//! |-------------|-------------|--------------|----------------------------|---------|
+//! | task        | `U#<user>`  | `T#<id>`     | `U#<user>#<status>`        | `T#<id>`|
+//! | idempotency | `U#<user>`  | `I#<key>`    | -                          | -       |
+//!
+//! Payload and result are stored as JSON text: DynamoDB's number and map types would not
+//! round-trip every JSON value exactly (big integers, key order, empty keys).
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use taskq_core::{Priority, Status, Task, TaskEvent, TaskFailure, TaskId, TaskType};
+
+pub type Item = HashMap<String, AttributeValue>;
+
+pub const STATUS_INDEX: &str = "by-status";
+
+pub fn pk(user_id: &str) -> String {
+    format!("U#{user_id}")
+}
+pub fn task_sk(id: TaskId) -> String {
+    format!("T#{id}")
+}
+pub fn key_sk(key: &str) -> String {
+    format!("I#{key}")
+}
+pub fn status_pk(user_id: &str, status: Status) -> String {
+    format!("U#{user_id}#{status}")
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TaskItem {
+    pk: String,
+    sk: String,
+    gsi1pk: String,
+    gsi1sk: String,
+    id: String,
+    user_id: String,
+    #[serde(rename = "type")]
+    task_type: String,
+    priority: Priority,
+    status: Status,
+    payload: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<TaskFailure>,
+    attempts: u32,
+    max_attempts: u32,
+    timeout_seconds: u32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lease_until: Option<DateTime<Utc>>,
+    #[serde(default)]
+    cancel_requested: bool,
+    #[serde(default)]
+    events: Vec<StoredEvent>,
+}
+
+/// A history entry as stored: its `seq` is its position in the list.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StoredEvent {
+    at: DateTime<Utc>,
+    #[serde(rename = "type")]
+    kind: taskq_core::EventKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    to: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    attempt: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ItemError {
+    #[error("item does not map to a task: {0}")]
+    Shape(#[from] serde_dynamo::Error),
+    #[error("item field {0} is not valid")]
+    Field(&'static str),
+}
+
+pub fn event_value(e: &TaskEvent) -> Result<AttributeValue, ItemError> {
+    let stored = StoredEvent {
+        at: e.at,
+        kind: e.kind,
+        from: e.from,
+        to: e.to,
+        attempt: e.attempt,
+        detail: e.detail.clone(),
+    };
+    Ok(serde_dynamo::to_attribute_value(stored)?)
+}
+
+pub fn json_text(v: &serde_json::Value) -> String {
+    // Serializing a Value cannot fail.
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+pub fn to_item(task: &Task) -> Result<Item, ItemError> {
+    let item = TaskItem {
+        pk: pk(&task.user_id),
+        sk: task_sk(task.id),
+        gsi1pk: status_pk(&task.user_id, task.status),
+        gsi1sk: task_sk(task.id),
+        id: task.id.to_string(),
+        user_id: task.user_id.clone(),
+        task_type: task.task_type.as_str().to_owned(),
+        priority: task.priority,
+        status: task.status,
+        payload: json_text(&task.payload),
+        result: task.result.as_ref().map(json_text),
+        error: task.error.clone(),
+        attempts: task.attempts,
+        max_attempts: task.max_attempts,
+        timeout_seconds: task.timeout_seconds,
+        created_at: task.created_at,
+        updated_at: task.updated_at,
+        started_at: task.started_at,
+        finished_at: task.finished_at,
+        run_at: task.run_at,
+        lease_until: task.lease_until,
+        cancel_requested: task.cancel_requested,
+        events: task
+            .history
+            .iter()
+            .map(|e| StoredEvent {
+                at: e.at,
+                kind: e.kind,
+                from: e.from,
+                to: e.to,
+                attempt: e.attempt,
+                detail: e.detail.clone(),
+            })
+            .collect(),
+    };
+    Ok(serde_dynamo::to_item(item)?)
+}
+
+pub fn from_item(item: Item) -> Result<Task, ItemError> {
+    let it: TaskItem = serde_dynamo::from_item(item)?;
+    let parse_json = |s: &str, f| serde_json::from_str(s).map_err(|_| ItemError::Field(f));
+    Ok(Task {
+        id: it.id.parse().map_err(|_| ItemError::Field("id"))?,
+        task_type: TaskType::parse(&it.task_type).map_err(|_| ItemError::Field("type"))?,
+        user_id: it.user_id,
+        priority: it.priority,
+        status: it.status,
+        payload: parse_json(&it.payload, "payload")?,
+        result: it.result.as_deref().map(|r| parse_json(r, "result")).transpose()?,
+        error: it.error,
+        attempts: it.attempts,
+        max_attempts: it.max_attempts,
+        timeout_seconds: it.timeout_seconds,
+        created_at: it.created_at,
+        updated_at: it.updated_at,
+        started_at: it.started_at,
+        finished_at: it.finished_at,
+        run_at: it.run_at,
+        lease_until: it.lease_until,
+        cancel_requested: it.cancel_requested,
+        history: it
+            .events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| TaskEvent {
+                seq: i as u32 + 1,
+                at: e.at,
+                kind: e.kind,
+                from: e.from,
+                to: e.to,
+                attempt: e.attempt,
+                detail: e.detail,
+            })
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use taskq_core::EventKind;
+
+    fn task() -> Task {
+        let now = Utc::now();
+        Task {
+            id: TaskId::new(),
+            user_id: "user-1".into(),
+            task_type: TaskType::parse("echo").unwrap(),
+            priority: Priority::High,
+            status: Status::Running,
+            payload: json!({"big": 12345678901234567890u64, "z": [1, "two", null], "a": {"": 1.5}}),
+            result: Some(json!("done")),
+            error: Some(TaskFailure::new("k", "m")),
+            attempts: 2,
+            max_attempts: 3,
+            timeout_seconds: 60,
+            created_at: now,
+            updated_at: now,
+            started_at: Some(now),
+            finished_at: None,
+            run_at: None,
+            lease_until: Some(now),
+            cancel_requested: true,
+            history: vec![
+                TaskEvent { seq: 1, at: now, kind: EventKind::Submitted, from: None, to: Some(Status::Queued), attempt: None, detail: None },
+                TaskEvent { seq: 2, at: now, kind: EventKind::Started, from: Some(Status::Queued), to: Some(Status::Running), attempt: Some(1), detail: Some("d".into()) },
+            ],
+        }
+    }
+
+    #[test]
+    fn task_round_trips_through_an_item() {
+        let t = task();
+        let item = to_item(&t).unwrap();
+        assert_eq!(item["pk"], AttributeValue::S("U#user-1".into()));
+        assert_eq!(item["gsi1pk"], AttributeValue::S("U#user-1#running".into()));
+        assert!(!item.contains_key("finished_at"), "absent options are not written");
+        assert_eq!(from_item(item).unwrap(), t);
+    }
+
+    #[test]
+    fn a_corrupt_item_is_an_error_not_a_panic() {
+        let mut item = to_item(&task()).unwrap();
+        item.insert("payload".into(), AttributeValue::S("{not json".into()));
+        assert!(matches!(from_item(item), Err(ItemError::Field("payload"))));
+        let mut item = to_item(&task()).unwrap();
+        item.remove("status");
+        assert!(from_item(item).is_err());
+    }
+}

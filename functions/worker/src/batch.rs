@@ -1,0 +1,321 @@
+//! One SQS batch in, one partial-batch response out. Each record is handled on its own tokio
+//! task, so a slow or panicking task neither blocks nor fails the others.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use chrono::Utc;
+use serde_json::Value;
+use taskq_core::limits::max_result_bytes;
+use taskq_core::{Snapshot, Status, StoreError, Task, TaskFailure, TaskMessage, TaskQueue, TaskStore, Transition};
+use tokio::time::Instant;
+use tracing::{error, info, info_span, warn, Instrument};
+
+use crate::config::WorkerConfig;
+use crate::registry::{HandlerError, Registry, TaskContext};
+
+#[derive(Clone)]
+pub struct Worker {
+    store: Arc<dyn TaskStore>,
+    queue: Arc<dyn TaskQueue>,
+    registry: Arc<Registry>,
+    config: WorkerConfig,
+}
+
+/// What became of one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    /// Done with the message: delete it.
+    Done,
+    /// Leave the message on the queue; it comes back after its visibility timeout.
+    Again,
+}
+
+/// How many times a start re-plans when its guess of the attempt count was stale.
+const START_RACE_RETRIES: usize = 3;
+
+impl Worker {
+    pub fn new(store: Arc<dyn TaskStore>, queue: Arc<dyn TaskQueue>, registry: Registry, config: WorkerConfig) -> Self {
+        Self {
+            store,
+            queue,
+            registry: Arc::new(registry),
+            config,
+        }
+    }
+
+    /// Handles a batch; `deadline` is when the invocation ends. Records not started before
+    /// `deadline - deadline_margin` are reported as failures, untouched, for redelivery.
+    pub async fn process_batch(&self, event: SqsEvent, deadline: Instant) -> SqsBatchResponse {
+        let mut running = tokio::task::JoinSet::new();
+        let mut failures = Vec::new();
+        for record in event.records {
+            let id = record.message_id.clone().unwrap_or_default();
+            let worker = self.clone();
+            let span = info_span!("record", message_id = %id);
+            running.spawn(
+                async move {
+                    let outcome = worker.process_record(record, deadline).await;
+                    (id, outcome)
+                }
+                .instrument(span),
+            );
+        }
+        while let Some(joined) = running.join_next().await {
+            match joined {
+                Ok((_, Outcome::Done)) => {}
+                Ok((id, Outcome::Again)) => failures.push(id),
+                // A panic outside the handler (which is caught separately) is a bug; the record
+                // id is lost with the task, so the whole remaining batch must be retried.
+                Err(e) => error!(error = %e, "record processing panicked"),
+            }
+        }
+        let mut response = SqsBatchResponse::default();
+        response.batch_item_failures = failures
+            .into_iter()
+            .map(|id| {
+                let mut f = BatchItemFailure::default();
+                f.item_identifier = id;
+                f
+            })
+            .collect();
+        response
+    }
+
+    async fn process_record(&self, record: SqsMessage, deadline: Instant) -> Outcome {
+        let Some(receipt) = record.receipt_handle.clone() else {
+            warn!("record without receipt handle");
+            return Outcome::Again;
+        };
+        let message: TaskMessage = match record.body.as_deref().map(serde_json::from_str) {
+            Some(Ok(m)) => m,
+            _ => {
+                // Not a taskq message: it can never succeed, and it names no task to fail.
+                error!(body = ?record.body, "dropping a message that is not a task message");
+                return Outcome::Done;
+            }
+        };
+        let span = info_span!("task", task_id = %message.task_id, user_id = %message.user_id, priority = %message.priority);
+        async {
+            if deadline.saturating_duration_since(Instant::now()) < self.config.deadline_margin {
+                info!("invocation deadline near: not starting");
+                return Outcome::Again;
+            }
+            let receive_count = record
+                .attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(1);
+            match self.run(&message, &receipt, receive_count, deadline).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    // Store or queue trouble: leave the message for redelivery. Nothing was
+                    // written that a later delivery cannot pick up from.
+                    warn!(error = %e, cause = ?std::error::Error::source(&e), "record failed; will be redelivered");
+                    Outcome::Again
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn run(&self, message: &TaskMessage, receipt: &str, receive_count: u32, deadline: Instant) -> Result<Outcome, StoreError> {
+        let Some(task) = self.start(message, receipt, receive_count).await? else {
+            return Ok(Outcome::Done);
+        };
+        let task = match task {
+            Started::Run(task) => task,
+            Started::Backoff => return Ok(Outcome::Again),
+        };
+        if task.cancel_requested {
+            self.finish(&task, Transition::Cancel { error: None }).await?;
+            return Ok(Outcome::Done);
+        }
+        let outcome = self.execute(&task, deadline).await;
+        let transition = match outcome {
+            Ok(result) => {
+                let size = serde_json::to_vec(&result).map(|v| v.len()).unwrap_or(usize::MAX);
+                let payload_size = serde_json::to_vec(&task.payload).map(|v| v.len()).unwrap_or(0);
+                let limit = max_result_bytes(payload_size);
+                if size > limit {
+                    Transition::Fail {
+                        error: TaskFailure::new(
+                            "result_too_large",
+                            format!("the result is {size} bytes; this task's limit is {limit}"),
+                        ),
+                    }
+                } else {
+                    Transition::Succeed { result }
+                }
+            }
+            Err(e) if e.retryable && task.attempts < task.max_attempts => {
+                let backoff = self.config.backoff(task.attempts);
+                let run_at = Utc::now() + chrono::Duration::from_std(backoff).unwrap_or_default();
+                info!(attempt = task.attempts, backoff_ms = backoff.as_millis() as u64, error = %e, "retrying");
+                let after = self
+                    .finish(&task, Transition::Retry { error: e.failure(), run_at })
+                    .await?;
+                if let Some(after) = after.filter(|t| t.cancel_requested) {
+                    // Cancellation was asked for while this attempt ran: honour it, no retry.
+                    self.finish(&after, Transition::Cancel { error: after.error.clone() }).await?;
+                    return Ok(Outcome::Done);
+                }
+                if let Err(e) = self.queue.change_visibility(message.priority, receipt, backoff).await {
+                    // The message still comes back, after the queue's visibility timeout.
+                    warn!(error = %e, "could not set retry backoff");
+                }
+                return Ok(Outcome::Again);
+            }
+            Err(e) if task.cancel_requested => Transition::Cancel { error: Some(e.failure()) },
+            Err(e) => Transition::Fail { error: e.failure() },
+        };
+        self.finish(&task, transition).await?;
+        Ok(Outcome::Done)
+    }
+
+    /// queued -> running with one conditional write. The attempt count is guessed from the
+    /// receive count; a wrong guess costs one more write, never a read (the failed write returns
+    /// the current item).
+    async fn start(&self, message: &TaskMessage, receipt: &str, receive_count: u32) -> Result<Option<Started>, StoreError> {
+        let mut current = Snapshot {
+            status: Status::Queued,
+            attempts: receive_count.saturating_sub(1),
+            max_attempts: u32::MAX,
+            cancel_requested: false,
+        };
+        for _ in 0..START_RACE_RETRIES {
+            let now = Utc::now();
+            let transition = match current.status {
+                Status::Queued => Transition::Start {
+                    lease_until: now + self.lease(message.timeout_seconds),
+                },
+                Status::Running => Transition::TakeOver {
+                    lease_until: now + self.lease(message.timeout_seconds),
+                },
+                _ => return Ok(None),
+            };
+            let change = match transition.plan(current, now) {
+                Ok(c) => c,
+                Err(e) => {
+                    // max_attempts reached: a queued task with no attempts left, or an expired
+                    // lease on the last attempt. Either way the task has failed.
+                    info!(reason = %e, "no attempts left");
+                    let fail = Transition::Fail {
+                        error: TaskFailure::new("attempts_exhausted", "the last attempt's worker stopped before it finished"),
+                    };
+                    if let Ok(change) = fail.plan(current, now) {
+                        match self.store.apply(&message.user_id, message.task_id, &change).await {
+                            Ok(_) | Err(StoreError::Conflict { .. }) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    return Ok(None);
+                }
+            };
+            match self.store.apply(&message.user_id, message.task_id, &change).await {
+                Ok(task) => {
+                    info!(attempt = task.attempts, "started");
+                    return Ok(Some(Started::Run(task)));
+                }
+                Err(StoreError::Conflict { current: None }) => {
+                    warn!("message for a task that does not exist");
+                    return Ok(None);
+                }
+                Err(StoreError::Conflict { current: Some(task) }) => {
+                    if task.status == Status::Running {
+                        let lease_left = task
+                            .lease_until
+                            .map(|l| (l - Utc::now()).to_std().unwrap_or_default())
+                            .unwrap_or_default();
+                        if !lease_left.is_zero() {
+                            // Another delivery holds the lease: come back when it would expire.
+                            info!(lease_left_ms = lease_left.as_millis() as u64, "duplicate delivery while running");
+                            let wait = lease_left + Duration::from_secs(1);
+                            if let Err(e) = self.queue.change_visibility(message.priority, receipt, wait).await {
+                                warn!(error = %e, "could not delay the duplicate");
+                            }
+                            return Ok(Some(Started::Backoff));
+                        }
+                        info!(attempt = task.attempts, "lease expired: taking over");
+                    }
+                    current = Snapshot::from(task.as_ref());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        warn!("task kept changing under the start; leaving it for redelivery");
+        Ok(Some(Started::Backoff))
+    }
+
+    fn lease(&self, timeout_seconds: u32) -> chrono::Duration {
+        let timeout = Duration::from_secs(timeout_seconds.into());
+        chrono::Duration::from_std(timeout + self.config.lease_grace).unwrap_or_default()
+    }
+
+    /// Runs the task's handler under its timeout (and the invocation's), catching panics.
+    async fn execute(&self, task: &Task, deadline: Instant) -> Result<Value, HandlerError> {
+        let Some(handler) = self.registry.get(task.task_type.as_str()) else {
+            return Err(HandlerError::permanent(
+                "unknown_task_type",
+                format!("no handler is registered for type {:?}; known types: {}", task.task_type.as_str(), self.registry.types().join(", ")),
+            ));
+        };
+        let own_timeout = Duration::from_secs(task.timeout_seconds.into());
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(self.config.deadline_margin);
+        let limit = own_timeout.min(left);
+        let ctx = TaskContext { task: task.clone() };
+        let mut join = tokio::spawn(async move { handler.run(ctx).await });
+        match tokio::time::timeout(limit, &mut join).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) if e.is_panic() => Err(HandlerError::retryable("panic", panic_message(e.into_panic()))),
+            Ok(Err(e)) => Err(HandlerError::retryable("aborted", e.to_string())),
+            Err(_) => {
+                join.abort();
+                if limit < own_timeout {
+                    Err(HandlerError::retryable("invocation_deadline", format!("stopped after {} ms: the worker invocation was ending", limit.as_millis())))
+                } else {
+                    Err(HandlerError::retryable("timeout", format!("did not finish within {} s", task.timeout_seconds)))
+                }
+            }
+        }
+    }
+
+    /// Writes the end of an attempt. A conflict means the task moved on without this worker
+    /// (its lease expired and another delivery took over): this attempt's outcome is dropped.
+    async fn finish(&self, task: &Task, transition: Transition) -> Result<Option<Task>, StoreError> {
+        let change = match transition.plan(Snapshot::from(task), Utc::now()) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(error = %e, "invalid transition planned");
+                return Ok(None);
+            }
+        };
+        match self.store.apply(&task.user_id, task.id, &change).await {
+            Ok(after) => {
+                info!(status = %after.status, attempt = after.attempts, "attempt finished");
+                Ok(Some(after))
+            }
+            Err(StoreError::Conflict { .. }) => {
+                warn!("task moved on while this attempt ran; outcome dropped");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+enum Started {
+    Run(Task),
+    Backoff,
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "handler panicked".into())
+}
