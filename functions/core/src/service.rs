@@ -118,11 +118,23 @@ impl TaskService {
         let claim = Self::claim(new, idempotency_key);
         match self.store.create(&task, claim.as_ref()).await? {
             Created::Existing { task, same_request } => {
-                if same_request {
-                    Ok(Submitted { task, replayed: true })
-                } else {
-                    Err(ServiceError::IdempotencyMismatch)
+                if !same_request {
+                    return Err(ServiceError::IdempotencyMismatch);
                 }
+                if task.status == Status::Queued && task.attempts == 0 {
+                    // The first request may have failed between the write and the send (it got
+                    // a 503): send again. A duplicate message is harmless, the start is
+                    // conditional; a missing one would strand the task.
+                    let delay = task
+                        .run_at
+                        .map(|r| (r - Utc::now()).to_std().unwrap_or_default())
+                        .unwrap_or_default();
+                    self.queue
+                        .send(&task.message(), delay)
+                        .await
+                        .map_err(|e| ServiceError::NotEnqueued(task.id, e))?;
+                }
+                Ok(Submitted { task, replayed: true })
             }
             Created::New(task) => {
                 let delay = Duration::from_secs(new.delay_seconds.into());

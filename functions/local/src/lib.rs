@@ -1,1 +1,105 @@
+//! taskq on one machine: the API Router on a TCP port (`axum::serve`) and an emulation of the
+//! three SQS event source mappings in front of the worker's batch handler. Backends are the
+//! embedded in-memory adapters by default, or DynamoDB and SQS endpoints (moto, LocalStack, AWS).
 
+pub mod esm;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use taskq_api::{router, AppState, Authenticator};
+use taskq_core::memory::{MemoryQueueConfig, MemoryTaskQueue, MemoryTaskStore};
+use taskq_core::{TaskQueue, TaskService, TaskStore};
+use taskq_worker::{Registry, Worker, WorkerConfig};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use esm::EventSourceConfig;
+
+/// Where tasks and queues live.
+pub enum Backend {
+    Memory(MemoryQueueConfig),
+    /// Adapters over AWS-compatible endpoints (from `AWS_ENDPOINT_URL` or real AWS).
+    Aws(taskq_aws::AwsConfig),
+}
+
+pub struct LocalOptions {
+    pub listen: SocketAddr,
+    pub backend: Backend,
+    pub jwt_secret: String,
+    pub worker: WorkerConfig,
+    pub event_sources: EventSourceConfig,
+    /// Run the emulated event source mappings (off: the API only).
+    pub workers: bool,
+    pub registry: Registry,
+}
+
+impl LocalOptions {
+    pub fn new(listen: SocketAddr, jwt_secret: impl Into<String>) -> Self {
+        Self {
+            listen,
+            backend: Backend::Memory(MemoryQueueConfig::default()),
+            jwt_secret: jwt_secret.into(),
+            worker: WorkerConfig::default(),
+            event_sources: EventSourceConfig::default(),
+            workers: true,
+            registry: Registry::with_builtins(),
+        }
+    }
+}
+
+/// A running local server. Dropping it stops the listener and the pollers.
+pub struct LocalServer {
+    pub addr: SocketAddr,
+    pub store: Arc<dyn TaskStore>,
+    pub queue: Arc<dyn TaskQueue>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl LocalServer {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Resolves when the server stops (never, unless its listener fails).
+    pub async fn wait(mut self) {
+        for t in std::mem::take(&mut self.tasks) {
+            let _ = t.await;
+        }
+    }
+}
+
+pub async fn start(options: LocalOptions) -> std::io::Result<LocalServer> {
+    let (store, queue): (Arc<dyn TaskStore>, Arc<dyn TaskQueue>) = match &options.backend {
+        Backend::Memory(config) => (Arc::new(MemoryTaskStore::new()), Arc::new(MemoryTaskQueue::new(*config))),
+        Backend::Aws(config) => {
+            let (s, q) = config.adapters().await;
+            (Arc::new(s), Arc::new(q))
+        }
+    };
+    let state = AppState::new(
+        TaskService::new(store.clone(), queue.clone()),
+        Authenticator::new(Some(&options.jwt_secret), None, None),
+    );
+    let listener = TcpListener::bind(options.listen).await?;
+    let addr = listener.local_addr()?;
+    let app = router(state);
+    let mut tasks = vec![tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    })];
+    if options.workers {
+        let worker = Worker::new(store.clone(), queue.clone(), options.registry, options.worker);
+        tasks.extend(esm::spawn(worker, queue.clone(), &options.event_sources));
+    }
+    Ok(LocalServer { addr, store, queue, tasks })
+}

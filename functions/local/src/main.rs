@@ -1,1 +1,153 @@
-fn main() {}
+//! `taskq-local`: run taskq on this machine. See `taskq-local --help`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use taskq_core::memory::MemoryQueueConfig;
+use taskq_local::{start, Backend, LocalOptions};
+use taskq_worker::WorkerConfig;
+
+const USAGE: &str = "\
+taskq-local: the taskq API and workers on one machine
+
+USAGE:
+    taskq-local [--listen ADDR] [--backend memory|aws] [--create-resources] [--prefix NAME] [--api-only]
+    taskq-local token --user USER [--roles ROLE,ROLE] [--ttl SECONDS]
+
+OPTIONS:
+    --listen ADDR         address to serve the API on (default 127.0.0.1:8080)
+    --backend memory      embedded in-memory store and queues (default)
+    --backend aws         DynamoDB and SQS at AWS_ENDPOINT_URL (moto, LocalStack) or in AWS;
+                          names from TASKQ_TABLE_NAME and TASKQ_QUEUE_URL_{HIGH,NORMAL,LOW}
+    --create-resources    with --backend aws: create the table and queues (named by --prefix)
+    --prefix NAME         resource name prefix for --create-resources (default taskq-local)
+    --api-only            serve the API without running the workers
+
+ENVIRONMENT:
+    TASKQ_JWT_SECRET      HS256 secret for bearer tokens (default: a fixed dev secret)
+    TASKQ_RETRY_BASE_MS, TASKQ_RETRY_CAP_MS   worker retry backoff
+    RUST_LOG              log filter (default info)
+";
+
+const DEV_SECRET: &str = "taskq-local-dev-secret";
+
+struct Args {
+    items: Vec<String>,
+}
+
+impl Args {
+    fn flag(&mut self, name: &str) -> bool {
+        let before = self.items.len();
+        self.items.retain(|a| a != name);
+        self.items.len() != before
+    }
+
+    fn value(&mut self, name: &str) -> Result<Option<String>, String> {
+        let Some(i) = self.items.iter().position(|a| a == name) else {
+            return Ok(None);
+        };
+        if i + 1 >= self.items.len() {
+            return Err(format!("{name} needs a value"));
+        }
+        let v = self.items.remove(i + 1);
+        self.items.remove(i);
+        Ok(Some(v))
+    }
+
+    fn finish(self) -> Result<(), String> {
+        match self.items.first() {
+            Some(extra) => Err(format!("unexpected argument {extra:?}")),
+            None => Ok(()),
+        }
+    }
+}
+
+fn secret() -> String {
+    std::env::var("TASKQ_JWT_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| DEV_SECRET.to_owned())
+}
+
+fn token(mut args: Args) -> Result<(), String> {
+    let user = args.value("--user")?.ok_or("token needs --user USER")?;
+    let roles: Vec<String> = args
+        .value("--roles")?
+        .map(|r| r.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    let ttl = match args.value("--ttl")? {
+        Some(t) => t.parse::<u64>().map_err(|_| "--ttl must be a number of seconds")?,
+        None => 24 * 3600,
+    };
+    args.finish()?;
+    let token = taskq_api::auth::mint(&secret(), &user, &roles, ttl).map_err(|e| e.to_string())?;
+    println!("{token}");
+    Ok(())
+}
+
+async fn serve(mut args: Args) -> Result<(), String> {
+    let listen: SocketAddr = args
+        .value("--listen")?
+        .unwrap_or_else(|| "127.0.0.1:8080".into())
+        .parse()
+        .map_err(|e| format!("--listen: {e}"))?;
+    let backend = args.value("--backend")?.unwrap_or_else(|| "memory".into());
+    let create = args.flag("--create-resources");
+    let prefix = args.value("--prefix")?.unwrap_or_else(|| "taskq-local".into());
+    let api_only = args.flag("--api-only");
+    args.finish()?;
+
+    let mut options = LocalOptions::new(listen, secret());
+    options.worker = WorkerConfig::from_env()?;
+    options.workers = !api_only;
+    options.backend = match backend.as_str() {
+        "memory" => Backend::Memory(MemoryQueueConfig::default()),
+        "aws" if create => {
+            let sdk = taskq_aws::AwsConfig::sdk_config().await;
+            let plan = taskq_aws::bootstrap::Plan::named(&prefix);
+            let config = taskq_aws::bootstrap::ensure(&sdk, &plan)
+                .await
+                .map_err(|e| format!("creating resources: {e}"))?;
+            eprintln!("table {} and queues {:?} ready", config.table_name, config.queues.queues);
+            Backend::Aws(config)
+        }
+        "aws" => Backend::Aws(taskq_aws::AwsConfig::from_env()?),
+        other => return Err(format!("--backend must be memory or aws, not {other:?}")),
+    };
+    let server = start(options).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let token = taskq_api::auth::mint(&secret(), "dev-user", &[], 24 * 3600).map_err(|e| e.to_string())?;
+    let url = server.base_url();
+    println!("taskq-local listening on {url} (backend: {backend})");
+    println!("dev token for user dev-user (24 h):\n  export TOKEN={token}");
+    println!(
+        "try:\n  curl -s -X POST {url}/v1/tasks -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{{\"type\":\"echo\",\"payload\":{{\"hello\":\"world\"}}}}'"
+    );
+    println!("  curl -s {url}/v1/tasks -H \"Authorization: Bearer $TOKEN\"");
+    tokio::select! {
+        _ = server.wait() => Err("server stopped".into()),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    taskq_aws::telemetry::init();
+    let mut items: Vec<String> = std::env::args().skip(1).collect();
+    if items.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let result = if items.first().map(String::as_str) == Some("token") {
+        items.remove(0);
+        token(Args { items })
+    } else {
+        serve(Args { items }).await
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("taskq-local: {e}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}

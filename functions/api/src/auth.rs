@@ -1,0 +1,202 @@
+//! Who is calling. Behind API Gateway the JWT authorizer has verified the token and its claims
+//! are in the request context; elsewhere (local server, tests, a deployment without the
+//! authorizer) the bearer token is verified here: HS256 with `TASKQ_JWT_SECRET`, `exp` required,
+//! issuer and audience checked when configured. The user id is the `sub` claim, never the body.
+
+use std::collections::HashMap;
+
+use axum::extract::FromRequestParts;
+use http::request::Parts;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use lambda_http::request::RequestContext;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub user_id: String,
+    pub roles: Vec<String>,
+}
+
+pub struct Authenticator {
+    key: Option<DecodingKey>,
+    validation: Validation,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Value>,
+    #[serde(default, rename = "cognito:groups", skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+impl Authenticator {
+    /// `secret`: HS256 key; `None` accepts only API Gateway authorizer claims.
+    pub fn new(secret: Option<&str>, issuer: Option<&str>, audience: Option<&str>) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 30;
+        match issuer {
+            Some(i) => validation.set_issuer(&[i]),
+            None => validation.iss = None,
+        }
+        match audience {
+            Some(a) => validation.set_audience(&[a]),
+            None => validation.validate_aud = false,
+        }
+        Self {
+            key: secret.map(|s| DecodingKey::from_secret(s.as_bytes())),
+            validation,
+        }
+    }
+
+    /// From `TASKQ_JWT_SECRET`, `TASKQ_JWT_ISSUER`, `TASKQ_JWT_AUDIENCE`.
+    pub fn from_env() -> Self {
+        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+        Self::new(
+            var("TASKQ_JWT_SECRET").as_deref(),
+            var("TASKQ_JWT_ISSUER").as_deref(),
+            var("TASKQ_JWT_AUDIENCE").as_deref(),
+        )
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
+        let key = self.key.as_ref().ok_or_else(|| {
+            ApiError::Unauthorized("this deployment verifies tokens at API Gateway only".into())
+        })?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+            .map_err(|e| ApiError::Unauthorized(format!("invalid bearer token: {e}")))?;
+        let mut roles = data.claims.roles.as_ref().map(roles_of).unwrap_or_default();
+        roles.extend(data.claims.groups.as_ref().map(roles_of).unwrap_or_default());
+        caller(data.claims.sub, roles)
+    }
+
+    /// Claims that API Gateway's JWT authorizer put in the request context (all strings).
+    pub fn from_authorizer(claims: &HashMap<String, String>) -> Result<Caller, ApiError> {
+        let sub = claims
+            .get("sub")
+            .cloned()
+            .ok_or_else(|| ApiError::Unauthorized("the token has no sub claim".into()))?;
+        let mut roles = Vec::new();
+        for name in ["roles", "cognito:groups"] {
+            if let Some(v) = claims.get(name) {
+                roles.extend(roles_of(&Value::String(v.clone())));
+            }
+        }
+        caller(sub, roles)
+    }
+}
+
+fn caller(user_id: String, mut roles: Vec<String>) -> Result<Caller, ApiError> {
+    if user_id.is_empty() || user_id.len() > 256 {
+        return Err(ApiError::Unauthorized("the sub claim must be 1-256 characters".into()));
+    }
+    roles.sort();
+    roles.dedup();
+    Ok(Caller { user_id, roles })
+}
+
+/// Roles from a claim: a JSON array, or the string form API Gateway's authorizer gives array
+/// claims (`"[admin ops]"`), or a JSON array in a string, or one role.
+pub fn roles_of(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(items) => items.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect(),
+        Value::String(s) => {
+            let s = s.trim();
+            if let Ok(Value::Array(items)) = serde_json::from_str::<Value>(s) {
+                return roles_of(&Value::Array(items));
+            }
+            s.trim_start_matches('[')
+                .trim_end_matches(']')
+                .split(|c: char| c.is_whitespace() || c == ',')
+                .filter(|r| !r.is_empty())
+                .map(str::to_owned)
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Mints an HS256 token (local server's dev tokens and tests).
+pub fn mint(secret: &str, sub: &str, roles: &[String], ttl_seconds: u64) -> Result<String, jsonwebtoken::errors::Error> {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        + ttl_seconds;
+    let claims = Claims {
+        sub: sub.to_owned(),
+        exp,
+        roles: Some(Value::from(roles.to_vec())),
+        groups: None,
+        iss: None,
+        aud: None,
+    };
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if let Some(RequestContext::ApiGatewayV2(ctx)) = parts.extensions.get::<RequestContext>() {
+            if let Some(jwt) = ctx.authorizer.as_ref().and_then(|a| a.jwt.as_ref()) {
+                return Authenticator::from_authorizer(&jwt.claims);
+            }
+        }
+        let header = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer <token>".into()))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be Bearer <token>".into()))?;
+        state.auth.verify(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn roles_in_every_shape_a_claim_arrives_in() {
+        assert_eq!(roles_of(&json!(["admin", "ops"])), ["admin", "ops"]);
+        assert_eq!(roles_of(&json!("[admin ops]")), ["admin", "ops"]);
+        assert_eq!(roles_of(&json!("[\"admin\",\"ops\"]")), ["admin", "ops"]);
+        assert_eq!(roles_of(&json!("admin")), ["admin"]);
+        assert_eq!(roles_of(&json!("[]")), Vec::<String>::new());
+        assert_eq!(roles_of(&json!(7)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn minted_tokens_verify_and_tampered_ones_do_not() {
+        let auth = Authenticator::new(Some("s3cret"), None, None);
+        let t = mint("s3cret", "alice", &["admin".into()], 60).unwrap();
+        assert_eq!(
+            auth.verify(&t).unwrap(),
+            Caller {
+                user_id: "alice".into(),
+                roles: vec!["admin".into()]
+            }
+        );
+        assert!(auth.verify(&mint("other", "alice", &[], 60).unwrap()).is_err());
+        assert!(auth.verify(&format!("{t}x")).is_err());
+    }
+}
