@@ -45,7 +45,11 @@ impl Authenticator {
     /// `secret`: HS256 key; `None` accepts only API Gateway authorizer claims.
     pub fn new(secret: Option<&str>, issuer: Option<&str>, audience: Option<&str>) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience must be present, not merely right when present.
+        let mut required = vec!["exp", "sub"];
+        required.extend(issuer.map(|_| "iss"));
+        required.extend(audience.map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
         validation.leeway = 30;
         match issuer {
             Some(i) => validation.set_issuer(&[i]),

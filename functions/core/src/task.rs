@@ -13,9 +13,15 @@ use ulid::Ulid;
 #[serde(transparent)]
 pub struct TaskId(Ulid);
 
+static GENERATOR: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
+
 impl TaskId {
+    /// A new id, greater than every id this process made before, even within one millisecond,
+    /// so a user's tasks list in submission order. (Across processes, same-millisecond ids
+    /// order arbitrarily.)
     pub fn new() -> Self {
-        Self(Ulid::new())
+        let mut g = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+        Self(g.generate().unwrap_or_else(|_| Ulid::new()))
     }
     pub fn from_ulid(ulid: Ulid) -> Self {
         Self(ulid)

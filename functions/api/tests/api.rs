@@ -1,0 +1,603 @@
+//! The HTTP contract, through the Router (as `axum::serve` runs it) and through the Lambda
+//! adapter with the API Gateway events in `events/` (as `lambda_http::run` runs it).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use base64::Engine;
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use taskq_api::{router, AppState, Authenticator};
+use taskq_core::memory::{MemoryTaskQueue, MemoryTaskStore};
+use taskq_core::{Priority, TaskQueue, TaskService};
+use tower::ServiceExt;
+
+const SECRET: &str = "test-secret";
+
+struct TestApp {
+    router: axum::Router,
+    queue: Arc<MemoryTaskQueue>,
+    spec: Value,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Value,
+}
+
+fn token(sub: &str) -> String {
+    taskq_api::auth::mint(SECRET, sub, &[], 600).unwrap()
+}
+
+impl TestApp {
+    fn new() -> Self {
+        Self::with_auth(Authenticator::new(Some(SECRET), None, None))
+    }
+
+    fn with_auth(auth: Authenticator) -> Self {
+        let queue = Arc::new(MemoryTaskQueue::default());
+        let service = TaskService::new(Arc::new(MemoryTaskStore::new()), queue.clone());
+        Self {
+            router: router(AppState::new(service, auth)),
+            queue,
+            spec: serde_json::from_str(taskq_api::OPENAPI).unwrap(),
+        }
+    }
+
+    async fn send(&self, req: Request<Body>) -> Reply {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let res = self.router.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        self.assert_documented(&method, &path, status, &headers);
+        Reply { status, headers, body }
+    }
+
+    /// Every response the tests see must be one the OpenAPI document lists for its route.
+    fn assert_documented(&self, method: &Method, path: &str, status: StatusCode, headers: &http::HeaderMap) {
+        let Some(template) = spec_path(&self.spec, path) else {
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path} is not in the spec");
+            return;
+        };
+        let Some(op) = self.spec["paths"][&template].get(method.as_str().to_lowercase()) else {
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {template}");
+            return;
+        };
+        assert!(
+            op["responses"].get(status.as_str()).is_some(),
+            "{method} {template} answered {status}, which the spec does not list"
+        );
+        if status.is_client_error() || status.is_server_error() {
+            assert_eq!(headers["content-type"], "application/problem+json");
+        }
+    }
+
+    fn request(&self, method: Method, uri: &str, user: Option<&str>, body: Option<Value>) -> Request<Body> {
+        let mut b = Request::builder().method(method).uri(uri);
+        if let Some(u) = user {
+            b = b.header("authorization", format!("Bearer {}", token(u)));
+        }
+        match body {
+            Some(v) => b.header("content-type", "application/json").body(Body::from(v.to_string())).unwrap(),
+            None => b.body(Body::empty()).unwrap(),
+        }
+    }
+
+    async fn submit(&self, user: &str, body: Value) -> Reply {
+        self.send(self.request(Method::POST, "/v1/tasks", Some(user), Some(body))).await
+    }
+
+    async fn get(&self, user: &str, uri: &str) -> Reply {
+        self.send(self.request(Method::GET, uri, Some(user), None)).await
+    }
+
+    async fn post(&self, user: &str, uri: &str) -> Reply {
+        self.send(self.request(Method::POST, uri, Some(user), None)).await
+    }
+}
+
+/// The spec's path template matching a concrete path.
+fn spec_path(spec: &Value, path: &str) -> Option<String> {
+    let parts: Vec<&str> = path.split('/').collect();
+    spec["paths"].as_object()?.keys().find(|t| {
+        let tp: Vec<&str> = t.split('/').collect();
+        tp.len() == parts.len() && tp.iter().zip(&parts).all(|(a, b)| a.starts_with('{') || a == b)
+    }).filter(|t| !(t.contains("{id}") && parts.get(3) == Some(&"batch"))).cloned()
+}
+
+fn assert_problem(r: &Reply, status: u16, field: Option<&str>) {
+    assert_eq!(r.status.as_u16(), status, "{}", r.body);
+    for key in ["type", "title", "status", "detail"] {
+        assert!(r.body.get(key).is_some(), "problem without {key}: {}", r.body);
+    }
+    assert_eq!(r.body["status"], status);
+    if let Some(f) = field {
+        assert_eq!(r.body["field"], f, "{}", r.body);
+        assert!(r.body["detail"].as_str().unwrap().contains(f));
+    }
+}
+
+#[tokio::test]
+async fn health_and_openapi_need_no_token() {
+    let app = TestApp::new();
+    let r = app.send(app.request(Method::GET, "/v1/health", None, None)).await;
+    assert_eq!((r.status, r.body), (StatusCode::OK, json!({"status": "ok"})));
+    let r = app.send(app.request(Method::GET, "/v1/openapi.json", None, None)).await;
+    assert_eq!(r.body["openapi"], "3.1.0");
+}
+
+#[tokio::test]
+async fn openapi_describes_every_route_the_router_serves() {
+    let app = TestApp::new();
+    let paths: Vec<&String> = app.spec["paths"].as_object().unwrap().keys().collect();
+    assert_eq!(paths.len(), 7);
+    for (method, path) in [
+        ("get", "/v1/health"),
+        ("get", "/v1/openapi.json"),
+        ("post", "/v1/tasks"),
+        ("get", "/v1/tasks"),
+        ("post", "/v1/tasks/batch"),
+        ("get", "/v1/tasks/{id}"),
+        ("post", "/v1/tasks/{id}/cancel"),
+        ("get", "/v1/tasks/{id}/events"),
+    ] {
+        assert!(app.spec["paths"][path][method].is_object(), "{method} {path} missing from the spec");
+        // And the router serves it (anything but 404/405 for a well-formed id).
+        let uri = path.replace("{id}", "01KAXQ6M6V7ZP0Y8QH3F5T2N9R");
+        let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let r = app.send(app.request(m, &uri, Some("u"), None)).await;
+        assert_ne!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        if !path.contains("{id}") {
+            assert_ne!(r.status, StatusCode::NOT_FOUND, "{method} {path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn submit_returns_202_with_location_and_the_task_and_queues_it() {
+    let app = TestApp::new();
+    let r = app
+        .submit("alice", json!({"type": "echo", "payload": {"x": 1}, "priority": "high", "max_attempts": 5, "timeout_seconds": 10}))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let id = r.body["id"].as_str().unwrap();
+    assert_eq!(r.headers["location"], format!("/v1/tasks/{id}").as_str());
+    assert_eq!(r.body["status"], "queued");
+    assert_eq!(r.body["priority"], "high");
+    assert_eq!(r.body["payload"], json!({"x": 1}));
+    assert_eq!((r.body["attempts"].as_u64(), r.body["max_attempts"].as_u64(), r.body["timeout_seconds"].as_u64()), (Some(0), Some(5), Some(10)));
+    assert!(r.body.get("user_id").is_none(), "the owner is not part of the task JSON");
+    assert_eq!(app.queue.depth(Priority::High), 1);
+    assert_eq!(app.queue.depth(Priority::Normal), 0);
+}
+
+#[tokio::test]
+async fn delayed_submission_sets_run_at() {
+    let app = TestApp::new();
+    let r = app.submit("alice", json!({"type": "echo", "delay_seconds": 60})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert!(r.body["run_at"].is_string());
+    let got = app.queue.receive(Priority::Normal, 10, std::time::Duration::ZERO).await.unwrap();
+    assert!(got.is_empty(), "a delayed message is not visible yet");
+}
+
+#[tokio::test]
+async fn submit_rejects_bad_input_with_a_problem_naming_the_field() {
+    let app = TestApp::new();
+    let bad_json = app
+        .send(
+            Request::post("/v1/tasks")
+                .header("authorization", format!("Bearer {}", token("a")))
+                .header("content-type", "application/json")
+                .body(Body::from("{\"type\": "))
+                .unwrap(),
+        )
+        .await;
+    assert_problem(&bad_json, 400, None);
+
+    for (body, field) in [
+        (json!({"payload": 1}), "type"),
+        (json!({"type": "Echo!"}), "type"),
+        (json!({"type": "echo", "priority": "urgent"}), "priority"),
+        (json!({"type": "echo", "delay_seconds": 901}), "delay_seconds"),
+        (json!({"type": "echo", "max_attempts": 26}), "max_attempts"),
+        (json!({"type": "echo", "timeout_seconds": 0}), "timeout_seconds"),
+        (json!({"type": "echo", "user_id": "mallory"}), "user_id"),
+        (json!([1, 2]), "body"),
+    ] {
+        assert_problem(&app.submit("a", body).await, 400, Some(field));
+    }
+}
+
+#[tokio::test]
+async fn submit_returns_413_when_payload_or_body_is_too_large() {
+    let app = TestApp::new();
+    let payload = "x".repeat(256 * 1024);
+    assert_problem(&app.submit("a", json!({"type": "echo", "payload": payload})).await, 413, Some("payload"));
+    let body = "y".repeat(300 * 1024);
+    assert_problem(&app.submit("a", json!({"type": "echo", "payload": body})).await, 413, Some("body"));
+    // Just under the limit is fine.
+    let ok = "z".repeat(256 * 1024 - 2);
+    assert_eq!(app.submit("a", json!({"type": "echo", "payload": ok})).await.status, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn submit_returns_415_when_not_json() {
+    let app = TestApp::new();
+    for ct in [Some("text/plain"), Some("application/x-www-form-urlencoded"), None] {
+        let mut b = Request::post("/v1/tasks").header("authorization", format!("Bearer {}", token("a")));
+        if let Some(ct) = ct {
+            b = b.header("content-type", ct);
+        }
+        let r = app.send(b.body(Body::from("{\"type\":\"echo\"}")).unwrap()).await;
+        assert_problem(&r, 415, None);
+    }
+    let r = app
+        .send(
+            Request::post("/v1/tasks")
+                .header("authorization", format!("Bearer {}", token("a")))
+                .header("content-type", "application/json; charset=utf-8")
+                .body(Body::from("{\"type\":\"echo\"}"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+}
+
+fn b64(v: &Value) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+#[tokio::test]
+async fn tokens_missing_expired_forged_or_unsigned_get_401() {
+    let app = TestApp::new();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let unsigned = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&json!({"sub": "a", "exp": now + 600})));
+    let hs384 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS384),
+        &json!({"sub": "a", "exp": now + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let no_exp = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "a"}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let cases = [
+        None,
+        Some("Basic dXNlcjpwYXNz".to_owned()),
+        Some("Bearer not-a-jwt".to_owned()),
+        Some(format!("Bearer {}", taskq_api::auth::mint("wrong-secret", "a", &[], 600).unwrap())),
+        Some(format!("Bearer {unsigned}")),
+        Some(format!("Bearer {hs384}")),
+        Some(format!("Bearer {no_exp}")),
+    ];
+    for (i, auth) in cases.into_iter().enumerate() {
+        let mut b = Request::get("/v1/tasks");
+        if let Some(a) = &auth {
+            b = b.header("authorization", a);
+        }
+        let r = app.send(b.body(Body::empty()).unwrap()).await;
+        assert_problem(&r, 401, None);
+        assert_eq!(r.headers["www-authenticate"], "Bearer", "case {i}");
+    }
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "a", "exp": now - 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let r = app
+        .send(Request::get("/v1/tasks").header("authorization", format!("Bearer {expired}")).body(Body::empty()).unwrap())
+        .await;
+    assert_problem(&r, 401, None);
+}
+
+#[tokio::test]
+async fn issuer_and_audience_are_checked_when_configured() {
+    let app = TestApp::with_auth(Authenticator::new(Some(SECRET), Some("https://issuer"), Some("taskq")));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let sign = |claims: Value| {
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    };
+    for (claims, ok) in [
+        (json!({"sub": "a", "exp": now + 60, "iss": "https://issuer", "aud": "taskq"}), true),
+        (json!({"sub": "a", "exp": now + 60, "iss": "https://other", "aud": "taskq"}), false),
+        (json!({"sub": "a", "exp": now + 60, "iss": "https://issuer", "aud": "other"}), false),
+        (json!({"sub": "a", "exp": now + 60}), false),
+    ] {
+        let r = app
+            .send(Request::get("/v1/tasks").header("authorization", format!("Bearer {}", sign(claims.clone()))).body(Body::empty()).unwrap())
+            .await;
+        assert_eq!(r.status == StatusCode::OK, ok, "{claims}");
+    }
+}
+
+#[tokio::test]
+async fn get_returns_the_task_with_an_etag_and_304_when_unchanged() {
+    let app = TestApp::new();
+    let id = app.submit("alice", json!({"type": "echo"})).await.body["id"].as_str().unwrap().to_owned();
+    let r = app.get("alice", &format!("/v1/tasks/{id}")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["id"], id.as_str());
+    let etag = r.headers["etag"].to_str().unwrap().to_owned();
+    let again = app
+        .send(
+            Request::get(format!("/v1/tasks/{id}"))
+                .header("authorization", format!("Bearer {}", token("alice")))
+                .header("if-none-match", &etag)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(again.headers["etag"], etag.as_str());
+    // After a change the old ETag no longer matches.
+    app.post("alice", &format!("/v1/tasks/{id}/cancel")).await;
+    let changed = app
+        .send(
+            Request::get(format!("/v1/tasks/{id}"))
+                .header("authorization", format!("Bearer {}", token("alice")))
+                .header("if-none-match", &etag)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK);
+    assert_eq!(changed.body["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn another_users_task_is_404_everywhere_and_never_listed() {
+    let app = TestApp::new();
+    let id = app.submit("alice", json!({"type": "echo"})).await.body["id"].as_str().unwrap().to_owned();
+    assert_problem(&app.get("bob", &format!("/v1/tasks/{id}")).await, 404, None);
+    assert_problem(&app.get("bob", &format!("/v1/tasks/{id}/events")).await, 404, None);
+    assert_problem(&app.post("bob", &format!("/v1/tasks/{id}/cancel")).await, 404, None);
+    assert_eq!(app.get("bob", "/v1/tasks").await.body["tasks"], json!([]));
+    assert_eq!(app.get("alice", &format!("/v1/tasks/{id}")).await.body["status"], "queued", "bob's cancel did nothing");
+    // Unknown and malformed ids are 404 too.
+    assert_problem(&app.get("alice", "/v1/tasks/01KAXQ6M6V7ZP0Y8QH3F5T2N9R").await, 404, None);
+    assert_problem(&app.get("alice", "/v1/tasks/not-an-id").await, 404, None);
+}
+
+#[tokio::test]
+async fn list_pages_newest_first_and_filters() {
+    let app = TestApp::new();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let p = if i % 2 == 0 { "low" } else { "high" };
+        ids.push(app.submit("alice", json!({"type": "echo", "priority": p})).await.body["id"].as_str().unwrap().to_owned());
+    }
+    app.post("alice", &format!("/v1/tasks/{}/cancel", ids[3])).await;
+    let mut seen = Vec::new();
+    let mut uri = "/v1/tasks?limit=3".to_owned();
+    loop {
+        let r = app.get("alice", &uri).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let page = r.body["tasks"].as_array().unwrap();
+        assert!(page.len() <= 3);
+        seen.extend(page.iter().map(|t| t["id"].as_str().unwrap().to_owned()));
+        match r.body["next_cursor"].as_str() {
+            Some(c) => uri = format!("/v1/tasks?limit=3&cursor={c}"),
+            None => break,
+        }
+    }
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(seen, newest_first);
+
+    let low = app.get("alice", "/v1/tasks?priority=low").await.body;
+    assert_eq!(low["tasks"].as_array().unwrap().len(), 4);
+    let cancelled = app.get("alice", "/v1/tasks?status=cancelled").await.body;
+    assert_eq!(cancelled["tasks"][0]["id"], ids[3].as_str());
+    assert_eq!(cancelled["tasks"].as_array().unwrap().len(), 1);
+    let both = app.get("alice", "/v1/tasks?status=queued&priority=high").await.body;
+    assert_eq!(both["tasks"].as_array().unwrap().len(), 2);
+
+    for (q, field) in [
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("limit=ten", "limit"),
+        ("status=done", "status"),
+        ("priority=urgent", "priority"),
+        ("cursor=bm9wZQ", "cursor"),
+        ("colour=red", "colour"),
+    ] {
+        assert_problem(&app.get("alice", &format!("/v1/tasks?{q}")).await, 400, Some(field));
+    }
+}
+
+#[tokio::test]
+async fn cancel_of_a_queued_task_is_immediate_and_of_a_terminal_one_409() {
+    let app = TestApp::new();
+    let id = app.submit("alice", json!({"type": "echo"})).await.body["id"].as_str().unwrap().to_owned();
+    let r = app.post("alice", &format!("/v1/tasks/{id}/cancel")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["status"], "cancelled");
+    assert!(r.body["finished_at"].is_string());
+    assert_problem(&app.post("alice", &format!("/v1/tasks/{id}/cancel")).await, 409, None);
+    let events = app.get("alice", &format!("/v1/tasks/{id}/events")).await.body;
+    let kinds: Vec<&str> = events["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["submitted", "cancelled"]);
+    assert_eq!(events["events"][1]["seq"], 2);
+    assert_eq!(events["events"][1]["from"], "queued");
+}
+
+#[tokio::test]
+async fn idempotent_replay_returns_the_original_and_a_different_body_422() {
+    let app = TestApp::new();
+    let send = |body: Value, key: &str| {
+        Request::post("/v1/tasks")
+            .header("authorization", format!("Bearer {}", token("alice")))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let first = app.send(send(json!({"type": "echo", "payload": 1}), "k-1")).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    let replay = app.send(send(json!({"payload": 1, "type": "echo", "priority": "normal"}), "k-1")).await;
+    assert_eq!(replay.status, StatusCode::OK);
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+    assert_eq!(replay.body["id"], first.body["id"]);
+    assert_problem(&app.send(send(json!({"type": "echo", "payload": 2}), "k-1")).await, 422, None);
+    // The key is per user: bob's k-1 is his own.
+    let bob = app
+        .send(
+            Request::post("/v1/tasks")
+                .header("authorization", format!("Bearer {}", token("bob")))
+                .header("content-type", "application/json")
+                .header("idempotency-key", "k-1")
+                .body(Body::from(json!({"type": "echo", "payload": 2}).to_string()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(bob.status, StatusCode::ACCEPTED);
+    let long = "k".repeat(256);
+    assert_problem(&app.send(send(json!({"type": "echo"}), &long)).await, 400, Some("Idempotency-Key"));
+}
+
+#[tokio::test]
+async fn batch_returns_one_result_per_item_in_order() {
+    let app = TestApp::new();
+    let body = json!({"tasks": [
+        {"type": "echo", "priority": "high"},
+        {"type": "echo", "priority": "urgent"},
+        {"type": "sleep", "payload": {"ms": 1}, "priority": "low", "idempotency_key": "b-1"},
+        {"payload": 1},
+    ]});
+    let r = app.send(app.request(Method::POST, "/v1/tasks/batch", Some("alice"), Some(body.clone()))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let results = r.body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0]["task"]["priority"], "high");
+    assert_eq!(results[1]["error"]["status"], 400);
+    assert_eq!(results[1]["error"]["field"], "tasks[1].priority");
+    assert_eq!(results[2]["task"]["type"], "sleep");
+    assert_eq!(results[3]["error"]["field"], "tasks[3].type");
+    assert_eq!((app.queue.depth(Priority::High), app.queue.depth(Priority::Low)), (1, 1));
+    // The item's own key makes it idempotent.
+    let again = app.send(app.request(Method::POST, "/v1/tasks/batch", Some("alice"), Some(body))).await;
+    assert_eq!(again.body["results"][2]["task"]["id"], results[2]["task"]["id"]);
+
+    for (body, field) in [
+        (json!({"tasks": []}), "tasks"),
+        (json!({"tasks": vec![json!({"type": "echo"}); 101]}), "tasks"),
+        (json!({"items": []}), "tasks"),
+        (json!({"tasks": [{"type": "echo"}], "extra": 1}), "extra"),
+    ] {
+        let r = app.send(app.request(Method::POST, "/v1/tasks/batch", Some("alice"), Some(body))).await;
+        assert_problem(&r, 400, Some(field));
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_problems() {
+    let app = TestApp::new();
+    assert_problem(&app.get("a", "/v2/tasks").await, 404, None);
+    let r = app.send(app.request(Method::DELETE, "/v1/tasks", Some("a"), None)).await;
+    assert_problem(&r, 405, None);
+}
+
+#[tokio::test]
+async fn wait_parameter_is_validated_and_returns_a_queued_task_after_the_wait() {
+    let app = TestApp::new();
+    let id = app.submit("alice", json!({"type": "echo"})).await.body["id"].as_str().unwrap().to_owned();
+    assert_problem(&app.get("alice", &format!("/v1/tasks/{id}?wait=21")).await, 400, Some("wait"));
+    let started = std::time::Instant::now();
+    let r = app.get("alice", &format!("/v1/tasks/{id}?wait=1")).await;
+    assert_eq!(r.body["status"], "queued");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+}
+
+mod lambda {
+    //! The same Router behind the adapter `lambda_http::run` uses, fed API Gateway events.
+    use super::*;
+    use lambda_http::request::LambdaRequest;
+    use lambda_http::{Adapter, Context, LambdaEvent, Service};
+
+    fn event(name: &str) -> Value {
+        let path = format!("{}/../../events/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap()
+    }
+
+    async fn invoke(app: &TestApp, event: Value) -> (u16, Value) {
+        let request: LambdaRequest = serde_json::from_value(event).expect("event parses as an API Gateway request");
+        let mut adapter = Adapter::from(app.router.clone());
+        let response = adapter.call(LambdaEvent::new(request, Context::default())).await.unwrap();
+        let v = serde_json::to_value(&response).unwrap();
+        let status = v["statusCode"].as_u64().unwrap() as u16;
+        let body = v["body"].as_str().map(|b| serde_json::from_str(b).unwrap()).unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    fn with_task_id(mut ev: Value, id: &str) -> Value {
+        for ptr in ["/rawPath", "/requestContext/http/path"] {
+            let p = ev.pointer(ptr).unwrap().as_str().unwrap().replace("01KAXQ6M6V7ZP0Y8QH3F5T2N9R", id);
+            *ev.pointer_mut(ptr).unwrap() = json!(p);
+        }
+        ev
+    }
+
+    #[tokio::test]
+    async fn events_drive_every_route_with_authorizer_claims() {
+        let app = TestApp::new();
+        let (status, task) = invoke(&app, event("api-create.json")).await;
+        assert_eq!(status, 202, "{task}");
+        assert_eq!(task["priority"], "high");
+        let id = task["id"].as_str().unwrap();
+
+        // The authorizer's `sub` owns the task: a token for user-1 sees it over plain HTTP.
+        assert_eq!(app.get("user-1", &format!("/v1/tasks/{id}")).await.status, StatusCode::OK);
+        assert_eq!(app.get("user-2", &format!("/v1/tasks/{id}")).await.status, StatusCode::NOT_FOUND);
+
+        let (status, got) = invoke(&app, with_task_id(event("api-get.json"), id)).await;
+        assert_eq!((status, got["id"].as_str()), (200, Some(id)));
+        let (status, list) = invoke(&app, event("api-list.json")).await;
+        assert_eq!((status, list["tasks"].as_array().map(Vec::len)), (200, Some(0)), "no task succeeded yet");
+        let (status, events) = invoke(&app, with_task_id(event("api-events.json"), id)).await;
+        assert_eq!((status, events["events"][0]["type"].as_str()), (200, Some("submitted")));
+        let (status, cancelled) = invoke(&app, with_task_id(event("api-cancel.json"), id)).await;
+        assert_eq!((status, cancelled["status"].as_str()), (200, Some("cancelled")));
+        let (status, missing) = invoke(&app, event("api-get.json")).await;
+        assert_eq!((status, missing["status"].as_u64()), (404, Some(404)));
+    }
+
+    #[tokio::test]
+    async fn bad_input_and_missing_auth_events_get_problems() {
+        let app = TestApp::new();
+        let (status, problem) = invoke(&app, event("api-bad-input.json")).await;
+        assert_eq!((status, problem["field"].as_str()), (400, Some("priority")));
+        let (status, problem) = invoke(&app, event("api-no-auth.json")).await;
+        assert_eq!((status, problem["status"].as_u64()), (401, Some(401)));
+    }
+
+    /// `events/fixtures/` are aws-lambda-rust-runtime's own fixtures (aws_lambda_events crate).
+    #[tokio::test]
+    async fn the_runtime_projects_jwt_authorizer_fixture() {
+        let app = TestApp::new();
+        let fixture = event("fixtures/example-apigw-v2-request-jwt-authorizer.json");
+        let (status, problem) = invoke(&app, fixture.clone()).await;
+        assert_eq!((status, problem["status"].as_u64()), (404, Some(404)), "its /my/path is no route of ours");
+
+        // Pointed at our list route, its claims are what authenticate: without `sub`, 401.
+        let mut ours = fixture;
+        ours["rawPath"] = json!("/v1/tasks");
+        ours["rawQueryString"] = json!("");
+        ours["queryStringParameters"] = json!({});
+        ours["requestContext"]["http"]["method"] = json!("GET");
+        ours["requestContext"]["http"]["path"] = json!("/v1/tasks");
+        let (status, _) = invoke(&app, ours.clone()).await;
+        assert_eq!(status, 401);
+        ours["requestContext"]["authorizer"]["jwt"]["claims"]["sub"] = json!("fixture-user");
+        let (status, list) = invoke(&app, ours).await;
+        assert_eq!((status, list["tasks"].clone()), (200, json!([])));
+    }
+}
