@@ -193,7 +193,8 @@ impl TaskStore for DynamoDbTaskStore {
             };
             if let Some(p) = query.priority {
                 q = q
-                    .filter_expression("priority = :p")
+                    .filter_expression("#priority = :p")
+                    .expression_attribute_names("#priority", "priority")
                     .expression_attribute_values(":p", AttributeValue::S(p.as_str().into()));
             }
             let out = q.send().await.map_err(store_error)?;
@@ -266,10 +267,10 @@ impl Update {
         let n = |v: u32| AttributeValue::N(v.to_string());
         u.values.insert(":expect_status".into(), s(c.expect_status.as_str()));
         u.values.insert(":expect_attempts".into(), n(c.expect_attempts));
-        u.assign("#status", ":status", s(c.status.as_str()));
-        u.assign("gsi1pk", ":gsi1pk", s(&item::status_pk(user_id, c.status)));
-        u.assign("attempts", ":attempts", n(c.attempts));
-        u.assign("updated_at", ":updated_at", time(c.updated_at));
+        u.assign("status", s(c.status.as_str()));
+        u.assign("gsi1pk", s(&item::status_pk(user_id, c.status)));
+        u.assign("attempts", n(c.attempts));
+        u.assign("updated_at", time(c.updated_at));
         u.field("started_at", &c.started_at, |t| time(*t));
         u.field("finished_at", &c.finished_at, |t| time(*t));
         u.field("run_at", &c.run_at, |t| time(*t));
@@ -282,23 +283,30 @@ impl Update {
         };
         u.field("error", &error, |v| v.clone());
         if let Some(flag) = c.cancel_requested {
-            u.assign("cancel_requested", ":cancel_requested", AttributeValue::Bool(flag));
+            u.assign("cancel_requested", AttributeValue::Bool(flag));
         }
-        u.set.push("events = list_append(events, :event)".into());
+        u.names.insert("#events".into(), "events".into());
+        u.set.push("#events = list_append(#events, :event)".into());
         u.values.insert(":event".into(), AttributeValue::L(vec![item::event_value(&c.event)?]));
         Ok(u)
     }
 
-    fn assign(&mut self, name: &str, placeholder: &str, value: AttributeValue) {
-        self.set.push(format!("{name} = {placeholder}"));
-        self.values.insert(placeholder.to_owned(), value);
+    /// Every attribute goes through a `#name` placeholder: `result`, `error` and many other
+    /// plain words are DynamoDB reserved words.
+    fn assign(&mut self, name: &str, value: AttributeValue) {
+        self.names.insert(format!("#{name}"), name.to_owned());
+        self.set.push(format!("#{name} = :{name}"));
+        self.values.insert(format!(":{name}"), value);
     }
 
     fn field<T>(&mut self, name: &str, field: &Field<T>, to_value: impl Fn(&T) -> AttributeValue) {
         match field {
             Field::Keep => {}
-            Field::Set(v) => self.assign(name, &format!(":{name}"), to_value(v)),
-            Field::Clear => self.remove.push(name.to_owned()),
+            Field::Set(v) => self.assign(name, to_value(v)),
+            Field::Clear => {
+                self.names.insert(format!("#{name}"), name.to_owned());
+                self.remove.push(format!("#{name}"));
+            }
         }
     }
 

@@ -9,6 +9,7 @@ mod dynamodb;
 mod item;
 mod sqs;
 pub mod telemetry;
+pub mod testing;
 
 pub use config::{AwsConfig, QueueUrls};
 pub use dynamodb::DynamoDbTaskStore;

@@ -1,0 +1,321 @@
+//! One contract suite for the store and queue ports, run over the in-memory adapters and over
+//! DynamoDB and SQS as moto speaks them. A behaviour the service relies on is pinned here once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+use taskq_core::memory::{MemoryQueueConfig, MemoryTaskQueue, MemoryTaskStore};
+use taskq_core::{
+    Created, EventKind, IdempotencyClaim, ListQuery, NewTask, Priority, Snapshot, Status, StoreError, TaskMessage,
+    TaskQueue, TaskService, TaskStore, Transition,
+};
+
+/// Receives after which a message is dead-lettered, in every backend of this suite.
+const MAX_RECEIVES: u32 = 2;
+
+struct Backends {
+    store: Arc<dyn TaskStore>,
+    queue: Arc<dyn TaskQueue>,
+}
+
+fn memory() -> Option<Backends> {
+    Some(Backends {
+        store: Arc::new(MemoryTaskStore::new()),
+        queue: Arc::new(MemoryTaskQueue::new(MemoryQueueConfig {
+            visibility_timeout: Duration::from_secs(120),
+            max_receive_count: MAX_RECEIVES,
+        })),
+    })
+}
+
+async fn moto(test: &str) -> Option<Backends> {
+    let endpoint = taskq_aws::testing::endpoint(test)?;
+    let (sdk, config) = taskq_aws::testing::fresh(&endpoint, MAX_RECEIVES).await;
+    let (store, queue) = config.adapters_from(&sdk);
+    Some(Backends {
+        store: Arc::new(store),
+        queue: Arc::new(queue),
+    })
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test] async fn $name() { if let Some(b) = super::memory() { super::$name(b).await } })*
+        }
+        mod moto {
+            $(#[tokio::test] async fn $name() { if let Some(b) = super::moto(stringify!($name)).await { super::$name(b).await } })*
+        }
+    };
+}
+
+contract!(
+    create_then_get_round_trips_the_task,
+    create_refuses_an_existing_id,
+    tasks_are_private_to_their_user,
+    apply_moves_only_from_the_expected_state_and_returns_the_current_task,
+    apply_to_a_missing_task_is_a_conflict_without_current,
+    history_is_appended_in_order_with_increasing_seq,
+    list_pages_newest_first_with_filters,
+    idempotency_keys_replay_or_report_a_different_request,
+    queue_sends_receives_and_deletes,
+    queue_redelivers_after_visibility_and_counts_receives,
+    queue_dead_letters_after_max_receives,
+    queue_delays_messages,
+    queue_batches_across_priorities,
+    queue_rejects_a_stale_receipt,
+);
+
+fn new_task(t: &str, priority: &str) -> NewTask {
+    NewTask::from_json(&json!({"type": t, "payload": {"n": [1, 2.5, "x"]}, "priority": priority}), "").unwrap()
+}
+
+async fn submit(b: &Backends, user: &str, priority: &str) -> taskq_core::Task {
+    let service = TaskService::new(b.store.clone(), b.queue.clone());
+    service.submit(user, &new_task("echo", priority), None).await.unwrap().task
+}
+
+async fn create_then_get_round_trips_the_task(b: Backends) {
+    let t = submit(&b, "alice", "high").await;
+    let got = b.store.get("alice", t.id).await.unwrap().unwrap();
+    assert_eq!(got, t);
+    assert_eq!(got.history.len(), 1);
+    assert_eq!(got.history[0].kind, EventKind::Submitted);
+}
+
+async fn create_refuses_an_existing_id(b: Backends) {
+    let t = submit(&b, "alice", "normal").await;
+    assert!(matches!(b.store.create(&t, None).await, Err(StoreError::Conflict { .. })));
+}
+
+async fn tasks_are_private_to_their_user(b: Backends) {
+    let t = submit(&b, "alice", "normal").await;
+    assert!(b.store.get("bob", t.id).await.unwrap().is_none());
+    let page = b.store.list("bob", &ListQuery { limit: 10, ..Default::default() }).await.unwrap();
+    assert!(page.tasks.is_empty());
+    let start = Transition::Start { lease_until: Utc::now() }.plan(Snapshot::from(&t), Utc::now()).unwrap();
+    assert!(matches!(b.store.apply("bob", t.id, &start).await, Err(StoreError::Conflict { current: None })));
+}
+
+async fn apply_moves_only_from_the_expected_state_and_returns_the_current_task(b: Backends) {
+    let t = submit(&b, "alice", "normal").await;
+    let now = Utc::now();
+    let start = Transition::Start { lease_until: now }.plan(Snapshot::from(&t), now).unwrap();
+    let running = b.store.apply("alice", t.id, &start).await.unwrap();
+    assert_eq!((running.status, running.attempts), (Status::Running, 1));
+    assert!(running.started_at.is_some() && running.lease_until.is_some());
+    assert_eq!(running.payload, t.payload, "the write returns the whole task");
+
+    // The same start again (a duplicate delivery) changes nothing and reports what is there.
+    match b.store.apply("alice", t.id, &start).await {
+        Err(StoreError::Conflict { current: Some(current) }) => assert_eq!(*current, running),
+        other => panic!("expected a conflict with the current task, got {other:?}"),
+    }
+    let done = Transition::Succeed { result: json!({"ok": true}) }.plan(Snapshot::from(&running), Utc::now()).unwrap();
+    let finished = b.store.apply("alice", t.id, &done).await.unwrap();
+    assert_eq!(finished.status, Status::Succeeded);
+    assert_eq!(finished.result, Some(json!({"ok": true})));
+    assert!(finished.finished_at.is_some() && finished.lease_until.is_none());
+    // A stale worker's retry is refused.
+    let stale = Transition::Retry { error: taskq_core::TaskFailure::new("x", "y"), run_at: Utc::now() }
+        .plan(Snapshot::from(&running), Utc::now())
+        .unwrap();
+    assert!(matches!(b.store.apply("alice", t.id, &stale).await, Err(StoreError::Conflict { current: Some(_) })));
+    assert_eq!(b.store.get("alice", t.id).await.unwrap().unwrap(), finished);
+}
+
+async fn apply_to_a_missing_task_is_a_conflict_without_current(b: Backends) {
+    let t = submit(&b, "alice", "normal").await;
+    let other = taskq_core::TaskId::new();
+    let start = Transition::Start { lease_until: Utc::now() }.plan(Snapshot::from(&t), Utc::now()).unwrap();
+    assert!(matches!(b.store.apply("alice", other, &start).await, Err(StoreError::Conflict { current: None })));
+}
+
+async fn history_is_appended_in_order_with_increasing_seq(b: Backends) {
+    let mut t = submit(&b, "alice", "low").await;
+    let steps = [
+        Transition::Start { lease_until: Utc::now() },
+        Transition::Retry { error: taskq_core::TaskFailure::new("boom", "first"), run_at: Utc::now() },
+        Transition::Start { lease_until: Utc::now() },
+        Transition::RequestCancel,
+        Transition::Cancel { error: None },
+    ];
+    for step in steps {
+        let change = step.plan(Snapshot::from(&t), Utc::now()).unwrap();
+        t = b.store.apply("alice", t.id, &change).await.unwrap();
+    }
+    let kinds: Vec<EventKind> = t.history.iter().map(|e| e.kind).collect();
+    use EventKind::*;
+    assert_eq!(kinds, [Submitted, Started, RetryScheduled, Started, CancelRequested, Cancelled]);
+    let seqs: Vec<u32> = t.history.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(t.history[3].attempt, Some(2));
+    assert_eq!((t.status, t.attempts, t.cancel_requested), (Status::Cancelled, 2, true));
+    assert_eq!(b.store.get("alice", t.id).await.unwrap().unwrap().history, t.history);
+}
+
+async fn list_pages_newest_first_with_filters(b: Backends) {
+    let mut ids = Vec::new();
+    for i in 0..9 {
+        let p = ["high", "normal", "low"][i % 3];
+        ids.push(submit(&b, "carol", p).await);
+    }
+    // Cancel two so the status index has something to find.
+    for t in [&ids[1], &ids[4]] {
+        let c = Transition::Cancel { error: None }.plan(Snapshot::from(t), Utc::now()).unwrap();
+        b.store.apply("carol", t.id, &c).await.unwrap();
+    }
+    let all = |q: ListQuery| {
+        let store = b.store.clone();
+        async move {
+            let mut q = q;
+            let mut out = Vec::new();
+            loop {
+                let page = store.list("carol", &q).await.unwrap();
+                assert!(page.tasks.len() <= q.limit as usize);
+                out.extend(page.tasks.iter().map(|t| t.id));
+                match page.next {
+                    Some(n) => q.after = Some(n),
+                    None => break,
+                }
+            }
+            out
+        }
+    };
+    let expect: Vec<_> = ids.iter().rev().map(|t| t.id).collect();
+    assert_eq!(all(ListQuery { limit: 4, ..Default::default() }).await, expect);
+    assert_eq!(all(ListQuery { limit: 100, ..Default::default() }).await, expect);
+    let high: Vec<_> = ids.iter().rev().filter(|t| t.priority == Priority::High).map(|t| t.id).collect();
+    assert_eq!(all(ListQuery { limit: 2, priority: Some(Priority::High), ..Default::default() }).await, high);
+    let cancelled = vec![ids[4].id, ids[1].id];
+    assert_eq!(all(ListQuery { limit: 1, status: Some(Status::Cancelled), ..Default::default() }).await, cancelled);
+    let cancelled_normal = vec![ids[4].id, ids[1].id];
+    assert_eq!(
+        all(ListQuery { limit: 5, status: Some(Status::Cancelled), priority: Some(Priority::Normal), ..Default::default() }).await,
+        cancelled_normal
+    );
+    assert!(all(ListQuery { limit: 5, status: Some(Status::Running), ..Default::default() }).await.is_empty());
+}
+
+async fn idempotency_keys_replay_or_report_a_different_request(b: Backends) {
+    let service = TaskService::new(b.store.clone(), b.queue.clone());
+    let a = new_task("echo", "normal");
+    let first = service.submit("dave", &a, Some("key-1")).await.unwrap();
+    assert!(!first.replayed);
+    let again = service.submit("dave", &a, Some("key-1")).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.task.id, first.task.id);
+    let other = new_task("sleep", "normal");
+    assert!(matches!(
+        service.submit("dave", &other, Some("key-1")).await,
+        Err(taskq_core::ServiceError::IdempotencyMismatch)
+    ));
+    // Another user's identical key is unrelated.
+    assert!(!service.submit("erin", &other, Some("key-1")).await.unwrap().replayed);
+    // An expired claim frees the key.
+    let t = submit(&b, "dave", "normal").await;
+    let mut fresh = t.clone();
+    fresh.id = taskq_core::TaskId::new();
+    let expired = IdempotencyClaim { key: "key-2".into(), fingerprint: "f".into(), expires_at: Utc::now() - chrono::Duration::seconds(5) };
+    assert!(matches!(b.store.create(&t.clone_with_new_id(), Some(&expired)).await.unwrap(), Created::New(_)));
+    let claim = IdempotencyClaim { key: "key-2".into(), fingerprint: "g".into(), expires_at: Utc::now() + chrono::Duration::seconds(60) };
+    assert!(matches!(b.store.create(&fresh, Some(&claim)).await.unwrap(), Created::New(_)));
+}
+
+trait CloneWithNewId {
+    fn clone_with_new_id(&self) -> Self;
+}
+impl CloneWithNewId for taskq_core::Task {
+    fn clone_with_new_id(&self) -> Self {
+        let mut t = self.clone();
+        t.id = taskq_core::TaskId::new();
+        t
+    }
+}
+
+fn message(user: &str, p: Priority) -> TaskMessage {
+    TaskMessage { user_id: user.into(), task_id: taskq_core::TaskId::new(), priority: p, timeout_seconds: 60 }
+}
+
+async fn receive_all(b: &Backends, p: Priority, want: usize) -> Vec<taskq_core::Delivery> {
+    // Real SQS may return fewer than asked even when more wait: loop until `want` or a quiet poll.
+    let mut out = Vec::new();
+    for _ in 0..20 {
+        let got = b.queue.receive(p, 10, Duration::from_millis(500)).await.unwrap();
+        if got.is_empty() && out.len() >= want {
+            break;
+        }
+        out.extend(got);
+        if out.len() >= want {
+            break;
+        }
+    }
+    out
+}
+
+async fn queue_sends_receives_and_deletes(b: Backends) {
+    let m = message("frank", Priority::High);
+    b.queue.send(&m, Duration::ZERO).await.unwrap();
+    let got = receive_all(&b, Priority::High, 1).await;
+    assert_eq!(got.len(), 1);
+    let parsed: TaskMessage = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(parsed, m);
+    assert_eq!(got[0].receive_count, 1);
+    assert_eq!(got[0].group_id.as_deref(), Some("frank"), "MessageGroupId is the user (fair queues)");
+    assert!(b.queue.receive(Priority::Normal, 10, Duration::ZERO).await.unwrap().is_empty(), "other priorities are other queues");
+    b.queue.delete(Priority::High, &got[0].receipt).await.unwrap();
+    b.queue.change_visibility(Priority::High, &got[0].receipt, Duration::ZERO).await.ok();
+    assert!(b.queue.receive(Priority::High, 10, Duration::from_millis(1200)).await.unwrap().is_empty());
+}
+
+async fn queue_redelivers_after_visibility_and_counts_receives(b: Backends) {
+    b.queue.send(&message("gina", Priority::Normal), Duration::ZERO).await.unwrap();
+    let first = receive_all(&b, Priority::Normal, 1).await;
+    assert!(b.queue.receive(Priority::Normal, 10, Duration::ZERO).await.unwrap().is_empty(), "in flight: invisible");
+    b.queue.change_visibility(Priority::Normal, &first[0].receipt, Duration::from_secs(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = receive_all(&b, Priority::Normal, 1).await;
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].message_id, first[0].message_id);
+    assert_eq!(second[0].receive_count, 2);
+    assert_ne!(second[0].receipt, first[0].receipt);
+}
+
+async fn queue_dead_letters_after_max_receives(b: Backends) {
+    b.queue.send(&message("hank", Priority::Low), Duration::ZERO).await.unwrap();
+    for _ in 0..MAX_RECEIVES {
+        let got = receive_all(&b, Priority::Low, 1).await;
+        assert_eq!(got.len(), 1);
+        b.queue.change_visibility(Priority::Low, &got[0].receipt, Duration::ZERO).await.unwrap();
+    }
+    assert!(b.queue.receive(Priority::Low, 10, Duration::from_millis(500)).await.unwrap().is_empty());
+    assert_eq!(b.queue.dead_letter_depth(Priority::Low).await.unwrap(), 1);
+}
+
+async fn queue_delays_messages(b: Backends) {
+    b.queue.send(&message("ivy", Priority::High), Duration::from_secs(2)).await.unwrap();
+    assert!(b.queue.receive(Priority::High, 10, Duration::ZERO).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(receive_all(&b, Priority::High, 1).await.len(), 1);
+}
+
+async fn queue_batches_across_priorities(b: Backends) {
+    let messages: Vec<_> = (0..25).map(|i| (message("jo", Priority::ALL[i % 3]), Duration::ZERO)).collect();
+    let results = b.queue.send_batch(&messages).await;
+    assert_eq!(results.len(), 25);
+    assert!(results.iter().all(Result::is_ok));
+    for (i, p) in Priority::ALL.iter().enumerate() {
+        let want = (0..25).filter(|n| n % 3 == i).count();
+        let got = receive_all(&b, *p, want).await;
+        assert_eq!(got.len(), want, "{p}");
+    }
+}
+
+async fn queue_rejects_a_stale_receipt(b: Backends) {
+    b.queue.send(&message("kim", Priority::Normal), Duration::ZERO).await.unwrap();
+    let got = receive_all(&b, Priority::Normal, 1).await;
+    b.queue.delete(Priority::Normal, &got[0].receipt).await.unwrap();
+    assert!(b.queue.change_visibility(Priority::Normal, &got[0].receipt, Duration::from_secs(5)).await.is_err());
+}
