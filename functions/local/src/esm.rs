@@ -7,8 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use taskq_core::{Delivery, Priority, TaskQueue};
+use taskq_core::{Priority, TaskQueue};
 use taskq_worker::Worker;
 use tokio::task::JoinHandle;
 use tracing::{info_span, warn, Instrument};
@@ -64,7 +63,7 @@ async fn poll(worker: Worker, queue: Arc<dyn TaskQueue>, config: EventSourceConf
             .iter()
             .map(|d| (d.message_id.clone(), d.receipt.clone()))
             .collect();
-        let event = sqs_event(priority, deliveries);
+        let event = taskq_worker::sqs::event_from(priority, deliveries);
         let deadline = tokio::time::Instant::now() + config.function_timeout;
         let response = worker.process_batch(event, deadline).await;
         let failed: HashSet<String> = response
@@ -81,30 +80,4 @@ async fn poll(worker: Worker, queue: Arc<dyn TaskQueue>, config: EventSourceConf
             }
         }
     }
-}
-
-/// Deliveries as the `SqsEvent` Lambda would send.
-pub fn sqs_event(priority: Priority, deliveries: Vec<Delivery>) -> SqsEvent {
-    let mut event = SqsEvent::default();
-    event.records = deliveries
-        .into_iter()
-        .map(|d| {
-            let mut m = SqsMessage::default();
-            m.message_id = Some(d.message_id);
-            m.receipt_handle = Some(d.receipt);
-            m.body = Some(d.body);
-            m.attributes = HashMap::from([
-                ("ApproximateReceiveCount".to_owned(), d.receive_count.to_string()),
-                ("SentTimestamp".to_owned(), d.sent_at.timestamp_millis().to_string()),
-            ]);
-            if let Some(g) = d.group_id {
-                m.attributes.insert("MessageGroupId".to_owned(), g);
-            }
-            m.event_source = Some("aws:sqs".into());
-            m.event_source_arn = Some(format!("arn:aws:sqs:local:000000000000:taskq-{priority}"));
-            m.aws_region = Some("local".into());
-            m
-        })
-        .collect();
-    event
 }

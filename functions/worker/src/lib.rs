@@ -6,6 +6,7 @@ pub mod batch;
 pub mod builtin;
 pub mod config;
 pub mod registry;
+pub mod sqs;
 
 pub use batch::Worker;
 pub use config::WorkerConfig;
