@@ -19,8 +19,11 @@ pub use esm::EventSourceConfig;
 /// Where tasks and queues live.
 pub enum Backend {
     Memory(MemoryQueueConfig),
-    /// Adapters over AWS-compatible endpoints (from `AWS_ENDPOINT_URL` or real AWS).
-    Aws(taskq_aws::AwsConfig),
+    /// Given adapters: DynamoDB and SQS at AWS-compatible endpoints (moto, LocalStack, AWS).
+    Ports {
+        store: Arc<dyn TaskStore>,
+        queue: Arc<dyn TaskQueue>,
+    },
 }
 
 pub struct LocalOptions {
@@ -78,12 +81,9 @@ impl LocalServer {
 }
 
 pub async fn start(options: LocalOptions) -> std::io::Result<LocalServer> {
-    let (store, queue): (Arc<dyn TaskStore>, Arc<dyn TaskQueue>) = match &options.backend {
-        Backend::Memory(config) => (Arc::new(MemoryTaskStore::new()), Arc::new(MemoryTaskQueue::new(*config))),
-        Backend::Aws(config) => {
-            let (s, q) = config.adapters().await;
-            (Arc::new(s), Arc::new(q))
-        }
+    let (store, queue): (Arc<dyn TaskStore>, Arc<dyn TaskQueue>) = match options.backend {
+        Backend::Memory(config) => (Arc::new(MemoryTaskStore::new()), Arc::new(MemoryTaskQueue::new(config))),
+        Backend::Ports { store, queue } => (store, queue),
     };
     let state = AppState::new(
         TaskService::new(store.clone(), queue.clone()),

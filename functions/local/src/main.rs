@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use taskq_core::memory::MemoryQueueConfig;
 use taskq_local::{start, Backend, LocalOptions};
@@ -102,16 +103,24 @@ async fn serve(mut args: Args) -> Result<(), String> {
     options.workers = !api_only;
     options.backend = match backend.as_str() {
         "memory" => Backend::Memory(MemoryQueueConfig::default()),
-        "aws" if create => {
+        "aws" => {
             let sdk = taskq_aws::AwsConfig::sdk_config().await;
-            let plan = taskq_aws::bootstrap::Plan::named(&prefix);
-            let config = taskq_aws::bootstrap::ensure(&sdk, &plan)
-                .await
-                .map_err(|e| format!("creating resources: {e}"))?;
-            eprintln!("table {} and queues {:?} ready", config.table_name, config.queues.queues);
-            Backend::Aws(config)
+            let config = if create {
+                let plan = taskq_aws::bootstrap::Plan::named(&prefix);
+                let config = taskq_aws::bootstrap::ensure(&sdk, &plan)
+                    .await
+                    .map_err(|e| format!("creating resources: {e}"))?;
+                eprintln!("table {} and queues {:?} ready", config.table_name, config.queues.queues);
+                config
+            } else {
+                taskq_aws::AwsConfig::from_env()?
+            };
+            let (store, queue) = config.adapters_from(&sdk);
+            Backend::Ports {
+                store: Arc::new(store),
+                queue: Arc::new(queue),
+            }
         }
-        "aws" => Backend::Aws(taskq_aws::AwsConfig::from_env()?),
         other => return Err(format!("--backend must be memory or aws, not {other:?}")),
     };
     let server = start(options).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
