@@ -76,9 +76,10 @@ impl Authenticator {
     }
 
     pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
-        let key = self.key.as_ref().ok_or_else(|| {
-            ApiError::Unauthorized("this deployment verifies tokens at API Gateway only".into())
-        })?;
+        let key = self
+            .key
+            .as_ref()
+            .ok_or_else(|| ApiError::Unauthorized("this deployment verifies tokens at API Gateway only".into()))?;
         let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map_err(|e| ApiError::Unauthorized(format!("invalid bearer token: {e}")))?;
         let mut roles = data.claims.roles.as_ref().map(roles_of).unwrap_or_default();
@@ -133,7 +134,12 @@ pub fn roles_of(v: &Value) -> Vec<String> {
 }
 
 /// Mints an HS256 token (local server's dev tokens and tests).
-pub fn mint(secret: &str, sub: &str, roles: &[String], ttl_seconds: u64) -> Result<String, jsonwebtoken::errors::Error> {
+pub fn mint(
+    secret: &str,
+    sub: &str,
+    roles: &[String],
+    ttl_seconds: u64,
+) -> Result<String, jsonwebtoken::errors::Error> {
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -147,7 +153,11 @@ pub fn mint(secret: &str, sub: &str, roles: &[String], ttl_seconds: u64) -> Resu
         iss: None,
         aud: None,
     };
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
 }
 
 impl FromRequestParts<AppState> for Caller {

@@ -66,7 +66,10 @@ impl ApiError {
             ApiError::RouteNotFound(_) => ("route-not-found", "No such route"),
             ApiError::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
             ApiError::Conflict(_) => ("state-conflict", "Task is not in a state that allows this"),
-            ApiError::IdempotencyMismatch => ("idempotency-key-reused", "Idempotency-Key reused with a different request"),
+            ApiError::IdempotencyMismatch => (
+                "idempotency-key-reused",
+                "Idempotency-Key reused with a different request",
+            ),
             ApiError::Unavailable { .. } => ("unavailable", "Service temporarily unavailable"),
             ApiError::Internal => ("internal", "Internal error"),
         }
@@ -143,7 +146,10 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
         let mut response = (status, body).into_response();
         let h = response.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         match &self {
             ApiError::Unauthorized(_) => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

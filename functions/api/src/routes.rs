@@ -69,7 +69,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 fn submitted_response(s: Submitted) -> Response {
-    let status = if s.replayed { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let status = if s.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
     let mut r = json_response(status, &s.task);
     let h = r.headers_mut();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/tasks/{}", s.task.id)) {
@@ -81,7 +85,12 @@ fn submitted_response(s: Submitted) -> Response {
     r
 }
 
-async fn submit(State(state): State<AppState>, caller: Caller, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn submit(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let value = body::json(&headers, body, MAX_SUBMIT_BODY_BYTES).await?;
     let new = NewTask::from_json(&value, "")?;
@@ -89,7 +98,12 @@ async fn submit(State(state): State<AppState>, caller: Caller, headers: HeaderMa
     Ok(submitted_response(submitted))
 }
 
-async fn submit_batch(State(state): State<AppState>, caller: Caller, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn submit_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let value = body::json(&headers, body, MAX_BATCH_BODY_BYTES).await?;
     let items = match value.get("tasks") {
         Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_BATCH_ITEMS => items,
@@ -111,7 +125,8 @@ async fn submit_batch(State(state): State<AppState>, caller: Caller, headers: He
             let key = match item.as_object_mut().and_then(|o| o.remove("idempotency_key")) {
                 None => None,
                 Some(Value::String(k)) => {
-                    validate_idempotency_key(&k).map_err(|e| FieldError::new(format!("{prefix}idempotency_key"), e.message))?;
+                    validate_idempotency_key(&k)
+                        .map_err(|e| FieldError::new(format!("{prefix}idempotency_key"), e.message))?;
                     Some(k)
                 }
                 Some(_) => return Err(FieldError::new(format!("{prefix}idempotency_key"), "must be a string")),
@@ -138,7 +153,11 @@ fn task_id(raw: &str) -> Result<TaskId, ApiError> {
 /// Rejects query parameters a route does not know, naming them.
 fn only(params: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
     match params.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(FieldError::new(k.as_str(), format!("unknown query parameter; allowed: {}", allowed.join(", "))).into()),
+        Some(k) => Err(FieldError::new(
+            k.as_str(),
+            format!("unknown query parameter; allowed: {}", allowed.join(", ")),
+        )
+        .into()),
         None => Ok(()),
     }
 }
@@ -247,7 +266,11 @@ async fn list(State(state): State<AppState>, caller: Caller, query: Params) -> R
 
 async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
     let (task, cancelled) = state.service.cancel(&caller.user_id, task_id(&id)?).await?;
-    let status = if cancelled { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let status = if cancelled {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
     Ok(json_response(status, &task))
 }
 

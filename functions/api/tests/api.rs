@@ -53,7 +53,11 @@ impl TestApp {
         let status = res.status();
         let headers = res.headers().clone();
         let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
         self.assert_documented(&method, &path, status, &headers);
         Reply { status, headers, body }
     }
@@ -83,13 +87,17 @@ impl TestApp {
             b = b.header("authorization", format!("Bearer {}", token(u)));
         }
         match body {
-            Some(v) => b.header("content-type", "application/json").body(Body::from(v.to_string())).unwrap(),
+            Some(v) => b
+                .header("content-type", "application/json")
+                .body(Body::from(v.to_string()))
+                .unwrap(),
             None => b.body(Body::empty()).unwrap(),
         }
     }
 
     async fn submit(&self, user: &str, body: Value) -> Reply {
-        self.send(self.request(Method::POST, "/v1/tasks", Some(user), Some(body))).await
+        self.send(self.request(Method::POST, "/v1/tasks", Some(user), Some(body)))
+            .await
     }
 
     async fn get(&self, user: &str, uri: &str) -> Reply {
@@ -104,10 +112,15 @@ impl TestApp {
 /// The spec's path template matching a concrete path.
 fn spec_path(spec: &Value, path: &str) -> Option<String> {
     let parts: Vec<&str> = path.split('/').collect();
-    spec["paths"].as_object()?.keys().find(|t| {
-        let tp: Vec<&str> = t.split('/').collect();
-        tp.len() == parts.len() && tp.iter().zip(&parts).all(|(a, b)| a.starts_with('{') || a == b)
-    }).filter(|t| !(t.contains("{id}") && parts.get(3) == Some(&"batch"))).cloned()
+    spec["paths"]
+        .as_object()?
+        .keys()
+        .find(|t| {
+            let tp: Vec<&str> = t.split('/').collect();
+            tp.len() == parts.len() && tp.iter().zip(&parts).all(|(a, b)| a.starts_with('{') || a == b)
+        })
+        .filter(|t| !(t.contains("{id}") && parts.get(3) == Some(&"batch")))
+        .cloned()
 }
 
 fn assert_problem(r: &Reply, status: u16, field: Option<&str>) {
@@ -146,7 +159,10 @@ async fn openapi_describes_every_route_the_router_serves() {
         ("post", "/v1/tasks/{id}/cancel"),
         ("get", "/v1/tasks/{id}/events"),
     ] {
-        assert!(app.spec["paths"][path][method].is_object(), "{method} {path} missing from the spec");
+        assert!(
+            app.spec["paths"][path][method].is_object(),
+            "{method} {path} missing from the spec"
+        );
         // And the router serves it (anything but 404/405 for a well-formed id).
         let uri = path.replace("{id}", "01KAXQ6M6V7ZP0Y8QH3F5T2N9R");
         let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
@@ -162,7 +178,10 @@ async fn openapi_describes_every_route_the_router_serves() {
 async fn submit_returns_202_with_location_and_the_task_and_queues_it() {
     let app = TestApp::new();
     let r = app
-        .submit("alice", json!({"type": "echo", "payload": {"x": 1}, "priority": "high", "max_attempts": 5, "timeout_seconds": 10}))
+        .submit(
+            "alice",
+            json!({"type": "echo", "payload": {"x": 1}, "priority": "high", "max_attempts": 5, "timeout_seconds": 10}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     let id = r.body["id"].as_str().unwrap();
@@ -170,8 +189,18 @@ async fn submit_returns_202_with_location_and_the_task_and_queues_it() {
     assert_eq!(r.body["status"], "queued");
     assert_eq!(r.body["priority"], "high");
     assert_eq!(r.body["payload"], json!({"x": 1}));
-    assert_eq!((r.body["attempts"].as_u64(), r.body["max_attempts"].as_u64(), r.body["timeout_seconds"].as_u64()), (Some(0), Some(5), Some(10)));
-    assert!(r.body.get("user_id").is_none(), "the owner is not part of the task JSON");
+    assert_eq!(
+        (
+            r.body["attempts"].as_u64(),
+            r.body["max_attempts"].as_u64(),
+            r.body["timeout_seconds"].as_u64()
+        ),
+        (Some(0), Some(5), Some(10))
+    );
+    assert!(
+        r.body.get("user_id").is_none(),
+        "the owner is not part of the task JSON"
+    );
     assert_eq!(app.queue.depth(Priority::High), 1);
     assert_eq!(app.queue.depth(Priority::Normal), 0);
 }
@@ -182,7 +211,11 @@ async fn delayed_submission_sets_run_at() {
     let r = app.submit("alice", json!({"type": "echo", "delay_seconds": 60})).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     assert!(r.body["run_at"].is_string());
-    let got = app.queue.receive(Priority::Normal, 10, std::time::Duration::ZERO).await.unwrap();
+    let got = app
+        .queue
+        .receive(Priority::Normal, 10, std::time::Duration::ZERO)
+        .await
+        .unwrap();
     assert!(got.is_empty(), "a delayed message is not visible yet");
 }
 
@@ -218,12 +251,23 @@ async fn submit_rejects_bad_input_with_a_problem_naming_the_field() {
 async fn submit_returns_413_when_payload_or_body_is_too_large() {
     let app = TestApp::new();
     let payload = "x".repeat(256 * 1024);
-    assert_problem(&app.submit("a", json!({"type": "echo", "payload": payload})).await, 413, Some("payload"));
+    assert_problem(
+        &app.submit("a", json!({"type": "echo", "payload": payload})).await,
+        413,
+        Some("payload"),
+    );
     let body = "y".repeat(300 * 1024);
-    assert_problem(&app.submit("a", json!({"type": "echo", "payload": body})).await, 413, Some("body"));
+    assert_problem(
+        &app.submit("a", json!({"type": "echo", "payload": body})).await,
+        413,
+        Some("body"),
+    );
     // Just under the limit is fine.
     let ok = "z".repeat(256 * 1024 - 2);
-    assert_eq!(app.submit("a", json!({"type": "echo", "payload": ok})).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        app.submit("a", json!({"type": "echo", "payload": ok})).await.status,
+        StatusCode::ACCEPTED
+    );
 }
 
 #[tokio::test]
@@ -256,8 +300,15 @@ fn b64(v: &Value) -> String {
 #[tokio::test]
 async fn tokens_missing_expired_forged_or_unsigned_get_401() {
     let app = TestApp::new();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let unsigned = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&json!({"sub": "a", "exp": now + 600})));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let unsigned = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&json!({"sub": "a", "exp": now + 600}))
+    );
     let hs384 = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS384),
         &json!({"sub": "a", "exp": now + 600}),
@@ -274,7 +325,10 @@ async fn tokens_missing_expired_forged_or_unsigned_get_401() {
         None,
         Some("Basic dXNlcjpwYXNz".to_owned()),
         Some("Bearer not-a-jwt".to_owned()),
-        Some(format!("Bearer {}", taskq_api::auth::mint("wrong-secret", "a", &[], 600).unwrap())),
+        Some(format!(
+            "Bearer {}",
+            taskq_api::auth::mint("wrong-secret", "a", &[], 600).unwrap()
+        )),
         Some(format!("Bearer {unsigned}")),
         Some(format!("Bearer {hs384}")),
         Some(format!("Bearer {no_exp}")),
@@ -295,7 +349,12 @@ async fn tokens_missing_expired_forged_or_unsigned_get_401() {
     )
     .unwrap();
     let r = app
-        .send(Request::get("/v1/tasks").header("authorization", format!("Bearer {expired}")).body(Body::empty()).unwrap())
+        .send(
+            Request::get("/v1/tasks")
+                .header("authorization", format!("Bearer {expired}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await;
     assert_problem(&r, 401, None);
 }
@@ -303,18 +362,40 @@ async fn tokens_missing_expired_forged_or_unsigned_get_401() {
 #[tokio::test]
 async fn issuer_and_audience_are_checked_when_configured() {
     let app = TestApp::with_auth(Authenticator::new(Some(SECRET), Some("https://issuer"), Some("taskq")));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let sign = |claims: Value| {
-        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
     };
     for (claims, ok) in [
-        (json!({"sub": "a", "exp": now + 60, "iss": "https://issuer", "aud": "taskq"}), true),
-        (json!({"sub": "a", "exp": now + 60, "iss": "https://other", "aud": "taskq"}), false),
-        (json!({"sub": "a", "exp": now + 60, "iss": "https://issuer", "aud": "other"}), false),
+        (
+            json!({"sub": "a", "exp": now + 60, "iss": "https://issuer", "aud": "taskq"}),
+            true,
+        ),
+        (
+            json!({"sub": "a", "exp": now + 60, "iss": "https://other", "aud": "taskq"}),
+            false,
+        ),
+        (
+            json!({"sub": "a", "exp": now + 60, "iss": "https://issuer", "aud": "other"}),
+            false,
+        ),
         (json!({"sub": "a", "exp": now + 60}), false),
     ] {
         let r = app
-            .send(Request::get("/v1/tasks").header("authorization", format!("Bearer {}", sign(claims.clone()))).body(Body::empty()).unwrap())
+            .send(
+                Request::get("/v1/tasks")
+                    .header("authorization", format!("Bearer {}", sign(claims.clone())))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
             .await;
         assert_eq!(r.status == StatusCode::OK, ok, "{claims}");
     }
@@ -323,7 +404,10 @@ async fn issuer_and_audience_are_checked_when_configured() {
 #[tokio::test]
 async fn get_returns_the_task_with_an_etag_and_304_when_unchanged() {
     let app = TestApp::new();
-    let id = app.submit("alice", json!({"type": "echo"})).await.body["id"].as_str().unwrap().to_owned();
+    let id = app.submit("alice", json!({"type": "echo"})).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let r = app.get("alice", &format!("/v1/tasks/{id}")).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["id"], id.as_str());
@@ -357,14 +441,25 @@ async fn get_returns_the_task_with_an_etag_and_304_when_unchanged() {
 #[tokio::test]
 async fn another_users_task_is_404_everywhere_and_never_listed() {
     let app = TestApp::new();
-    let id = app.submit("alice", json!({"type": "echo"})).await.body["id"].as_str().unwrap().to_owned();
+    let id = app.submit("alice", json!({"type": "echo"})).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_problem(&app.get("bob", &format!("/v1/tasks/{id}")).await, 404, None);
     assert_problem(&app.get("bob", &format!("/v1/tasks/{id}/events")).await, 404, None);
     assert_problem(&app.post("bob", &format!("/v1/tasks/{id}/cancel")).await, 404, None);
     assert_eq!(app.get("bob", "/v1/tasks").await.body["tasks"], json!([]));
-    assert_eq!(app.get("alice", &format!("/v1/tasks/{id}")).await.body["status"], "queued", "bob's cancel did nothing");
+    assert_eq!(
+        app.get("alice", &format!("/v1/tasks/{id}")).await.body["status"],
+        "queued",
+        "bob's cancel did nothing"
+    );
     // Unknown and malformed ids are 404 too.
-    assert_problem(&app.get("alice", "/v1/tasks/01KAXQ6M6V7ZP0Y8QH3F5T2N9R").await, 404, None);
+    assert_problem(
+        &app.get("alice", "/v1/tasks/01KAXQ6M6V7ZP0Y8QH3F5T2N9R").await,
+        404,
+        None,
+    );
     assert_problem(&app.get("alice", "/v1/tasks/not-an-id").await, 404, None);
 }
 
@@ -374,7 +469,12 @@ async fn list_pages_newest_first_and_filters() {
     let mut ids = Vec::new();
     for i in 0..7 {
         let p = if i % 2 == 0 { "low" } else { "high" };
-        ids.push(app.submit("alice", json!({"type": "echo", "priority": p})).await.body["id"].as_str().unwrap().to_owned());
+        ids.push(
+            app.submit("alice", json!({"type": "echo", "priority": p})).await.body["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     app.post("alice", &format!("/v1/tasks/{}/cancel", ids[3])).await;
     let mut seen = Vec::new();
@@ -417,14 +517,22 @@ async fn list_pages_newest_first_and_filters() {
 #[tokio::test]
 async fn cancel_of_a_queued_task_is_immediate_and_of_a_terminal_one_409() {
     let app = TestApp::new();
-    let id = app.submit("alice", json!({"type": "echo"})).await.body["id"].as_str().unwrap().to_owned();
+    let id = app.submit("alice", json!({"type": "echo"})).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let r = app.post("alice", &format!("/v1/tasks/{id}/cancel")).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["status"], "cancelled");
     assert!(r.body["finished_at"].is_string());
     assert_problem(&app.post("alice", &format!("/v1/tasks/{id}/cancel")).await, 409, None);
     let events = app.get("alice", &format!("/v1/tasks/{id}/events")).await.body;
-    let kinds: Vec<&str> = events["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["submitted", "cancelled"]);
     assert_eq!(events["events"][1]["seq"], 2);
     assert_eq!(events["events"][1]["from"], "queued");
@@ -443,11 +551,17 @@ async fn idempotent_replay_returns_the_original_and_a_different_body_422() {
     };
     let first = app.send(send(json!({"type": "echo", "payload": 1}), "k-1")).await;
     assert_eq!(first.status, StatusCode::ACCEPTED);
-    let replay = app.send(send(json!({"payload": 1, "type": "echo", "priority": "normal"}), "k-1")).await;
+    let replay = app
+        .send(send(json!({"payload": 1, "type": "echo", "priority": "normal"}), "k-1"))
+        .await;
     assert_eq!(replay.status, StatusCode::OK);
     assert_eq!(replay.headers["idempotent-replayed"], "true");
     assert_eq!(replay.body["id"], first.body["id"]);
-    assert_problem(&app.send(send(json!({"type": "echo", "payload": 2}), "k-1")).await, 422, None);
+    assert_problem(
+        &app.send(send(json!({"type": "echo", "payload": 2}), "k-1")).await,
+        422,
+        None,
+    );
     // The key is per user: bob's k-1 is his own.
     let bob = app
         .send(
@@ -461,7 +575,11 @@ async fn idempotent_replay_returns_the_original_and_a_different_body_422() {
         .await;
     assert_eq!(bob.status, StatusCode::ACCEPTED);
     let long = "k".repeat(256);
-    assert_problem(&app.send(send(json!({"type": "echo"}), &long)).await, 400, Some("Idempotency-Key"));
+    assert_problem(
+        &app.send(send(json!({"type": "echo"}), &long)).await,
+        400,
+        Some("Idempotency-Key"),
+    );
 }
 
 #[tokio::test]
@@ -473,7 +591,9 @@ async fn batch_returns_one_result_per_item_in_order() {
         {"type": "sleep", "payload": {"ms": 1}, "priority": "low", "idempotency_key": "b-1"},
         {"payload": 1},
     ]});
-    let r = app.send(app.request(Method::POST, "/v1/tasks/batch", Some("alice"), Some(body.clone()))).await;
+    let r = app
+        .send(app.request(Method::POST, "/v1/tasks/batch", Some("alice"), Some(body.clone())))
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     let results = r.body["results"].as_array().unwrap();
     assert_eq!(results.len(), 4);
@@ -482,9 +602,14 @@ async fn batch_returns_one_result_per_item_in_order() {
     assert_eq!(results[1]["error"]["field"], "tasks[1].priority");
     assert_eq!(results[2]["task"]["type"], "sleep");
     assert_eq!(results[3]["error"]["field"], "tasks[3].type");
-    assert_eq!((app.queue.depth(Priority::High), app.queue.depth(Priority::Low)), (1, 1));
+    assert_eq!(
+        (app.queue.depth(Priority::High), app.queue.depth(Priority::Low)),
+        (1, 1)
+    );
     // The item's own key makes it idempotent.
-    let again = app.send(app.request(Method::POST, "/v1/tasks/batch", Some("alice"), Some(body))).await;
+    let again = app
+        .send(app.request(Method::POST, "/v1/tasks/batch", Some("alice"), Some(body)))
+        .await;
     assert_eq!(again.body["results"][2]["task"]["id"], results[2]["task"]["id"]);
 
     for (body, field) in [
@@ -493,7 +618,9 @@ async fn batch_returns_one_result_per_item_in_order() {
         (json!({"items": []}), "tasks"),
         (json!({"tasks": [{"type": "echo"}], "extra": 1}), "extra"),
     ] {
-        let r = app.send(app.request(Method::POST, "/v1/tasks/batch", Some("alice"), Some(body))).await;
+        let r = app
+            .send(app.request(Method::POST, "/v1/tasks/batch", Some("alice"), Some(body)))
+            .await;
         assert_problem(&r, 400, Some(field));
     }
 }
@@ -502,15 +629,24 @@ async fn batch_returns_one_result_per_item_in_order() {
 async fn unknown_routes_and_methods_get_problems() {
     let app = TestApp::new();
     assert_problem(&app.get("a", "/v2/tasks").await, 404, None);
-    let r = app.send(app.request(Method::DELETE, "/v1/tasks", Some("a"), None)).await;
+    let r = app
+        .send(app.request(Method::DELETE, "/v1/tasks", Some("a"), None))
+        .await;
     assert_problem(&r, 405, None);
 }
 
 #[tokio::test]
 async fn wait_parameter_is_validated_and_returns_a_queued_task_after_the_wait() {
     let app = TestApp::new();
-    let id = app.submit("alice", json!({"type": "echo"})).await.body["id"].as_str().unwrap().to_owned();
-    assert_problem(&app.get("alice", &format!("/v1/tasks/{id}?wait=21")).await, 400, Some("wait"));
+    let id = app.submit("alice", json!({"type": "echo"})).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_problem(
+        &app.get("alice", &format!("/v1/tasks/{id}?wait=21")).await,
+        400,
+        Some("wait"),
+    );
     let started = std::time::Instant::now();
     let r = app.get("alice", &format!("/v1/tasks/{id}?wait=1")).await;
     assert_eq!(r.body["status"], "queued");
@@ -531,16 +667,27 @@ mod lambda {
     async fn invoke(app: &TestApp, event: Value) -> (u16, Value) {
         let request: LambdaRequest = serde_json::from_value(event).expect("event parses as an API Gateway request");
         let mut adapter = Adapter::from(app.router.clone());
-        let response = adapter.call(LambdaEvent::new(request, Context::default())).await.unwrap();
+        let response = adapter
+            .call(LambdaEvent::new(request, Context::default()))
+            .await
+            .unwrap();
         let v = serde_json::to_value(&response).unwrap();
         let status = v["statusCode"].as_u64().unwrap() as u16;
-        let body = v["body"].as_str().map(|b| serde_json::from_str(b).unwrap()).unwrap_or(Value::Null);
+        let body = v["body"]
+            .as_str()
+            .map(|b| serde_json::from_str(b).unwrap())
+            .unwrap_or(Value::Null);
         (status, body)
     }
 
     fn with_task_id(mut ev: Value, id: &str) -> Value {
         for ptr in ["/rawPath", "/requestContext/http/path"] {
-            let p = ev.pointer(ptr).unwrap().as_str().unwrap().replace("01KAXQ6M6V7ZP0Y8QH3F5T2N9R", id);
+            let p = ev
+                .pointer(ptr)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .replace("01KAXQ6M6V7ZP0Y8QH3F5T2N9R", id);
             *ev.pointer_mut(ptr).unwrap() = json!(p);
         }
         ev
@@ -555,13 +702,23 @@ mod lambda {
         let id = task["id"].as_str().unwrap();
 
         // The authorizer's `sub` owns the task: a token for user-1 sees it over plain HTTP.
-        assert_eq!(app.get("user-1", &format!("/v1/tasks/{id}")).await.status, StatusCode::OK);
-        assert_eq!(app.get("user-2", &format!("/v1/tasks/{id}")).await.status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            app.get("user-1", &format!("/v1/tasks/{id}")).await.status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            app.get("user-2", &format!("/v1/tasks/{id}")).await.status,
+            StatusCode::NOT_FOUND
+        );
 
         let (status, got) = invoke(&app, with_task_id(event("api-get.json"), id)).await;
         assert_eq!((status, got["id"].as_str()), (200, Some(id)));
         let (status, list) = invoke(&app, event("api-list.json")).await;
-        assert_eq!((status, list["tasks"].as_array().map(Vec::len)), (200, Some(0)), "no task succeeded yet");
+        assert_eq!(
+            (status, list["tasks"].as_array().map(Vec::len)),
+            (200, Some(0)),
+            "no task succeeded yet"
+        );
         let (status, events) = invoke(&app, with_task_id(event("api-events.json"), id)).await;
         assert_eq!((status, events["events"][0]["type"].as_str()), (200, Some("submitted")));
         let (status, cancelled) = invoke(&app, with_task_id(event("api-cancel.json"), id)).await;
@@ -585,7 +742,11 @@ mod lambda {
         let app = TestApp::new();
         let fixture = event("fixtures/example-apigw-v2-request-jwt-authorizer.json");
         let (status, problem) = invoke(&app, fixture.clone()).await;
-        assert_eq!((status, problem["status"].as_u64()), (404, Some(404)), "its /my/path is no route of ours");
+        assert_eq!(
+            (status, problem["status"].as_u64()),
+            (404, Some(404)),
+            "its /my/path is no route of ours"
+        );
 
         // Pointed at our list route, its claims are what authenticate: without `sub`, 401.
         let mut ours = fixture;

@@ -41,7 +41,13 @@ pub async fn ensure(sdk: &aws_config::SdkConfig, plan: &Plan) -> Result<AwsConfi
     let mut dead_letter: [Option<String>; 3] = Default::default();
     for (i, p) in Priority::ALL.iter().enumerate() {
         let dlq_name = format!("{}-{p}-dlq", plan.queue_prefix);
-        let dlq_url = sqs.create_queue().queue_name(&dlq_name).send().await?.queue_url.unwrap_or_default();
+        let dlq_url = sqs
+            .create_queue()
+            .queue_name(&dlq_name)
+            .send()
+            .await?
+            .queue_url
+            .unwrap_or_default();
         let dlq_arn = sqs
             .get_queue_attributes()
             .queue_url(&dlq_url)
@@ -51,11 +57,15 @@ pub async fn ensure(sdk: &aws_config::SdkConfig, plan: &Plan) -> Result<AwsConfi
             .attributes
             .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
             .ok_or("dead-letter queue has no ARN")?;
-        let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": plan.max_receive_count.to_string()});
+        let redrive =
+            serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": plan.max_receive_count.to_string()});
         let url = sqs
             .create_queue()
             .queue_name(format!("{}-{p}", plan.queue_prefix))
-            .attributes(QueueAttributeName::VisibilityTimeout, plan.visibility_timeout_seconds.to_string())
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                plan.visibility_timeout_seconds.to_string(),
+            )
             .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
             .send()
             .await?

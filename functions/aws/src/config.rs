@@ -62,7 +62,11 @@ impl AwsConfig {
             table_name,
             queues: QueueUrls {
                 queues,
-                dead_letter: [dlq("TASKQ_DLQ_URL_HIGH"), dlq("TASKQ_DLQ_URL_NORMAL"), dlq("TASKQ_DLQ_URL_LOW")],
+                dead_letter: [
+                    dlq("TASKQ_DLQ_URL_HIGH"),
+                    dlq("TASKQ_DLQ_URL_NORMAL"),
+                    dlq("TASKQ_DLQ_URL_LOW"),
+                ],
             },
         })
     }

@@ -72,7 +72,10 @@ impl DynamoDbTaskStore {
         let id: TaskId = task_id
             .parse()
             .map_err(|_| StoreError::Unavailable("idempotency record with a bad task_id".into()))?;
-        let task = self.get(user_id, id).await?.ok_or(StoreError::Conflict { current: None })?;
+        let task = self
+            .get(user_id, id)
+            .await?
+            .ok_or(StoreError::Conflict { current: None })?;
         Ok(Some(Created::Existing {
             task,
             same_request: fingerprint == claim.fingerprint,
@@ -103,7 +106,10 @@ impl TaskStore for DynamoDbTaskStore {
         let mut key_item = Self::key(&task.user_id, item::key_sk(&claim.key));
         key_item.insert("task_id".into(), AttributeValue::S(task.id.to_string()));
         key_item.insert("fingerprint".into(), AttributeValue::S(claim.fingerprint.clone()));
-        key_item.insert("expires_at".into(), AttributeValue::N(claim.expires_at.timestamp().to_string()));
+        key_item.insert(
+            "expires_at".into(),
+            AttributeValue::N(claim.expires_at.timestamp().to_string()),
+        );
         let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Unavailable(e.into());
         let result = self
             .client
@@ -228,19 +234,25 @@ impl TaskStore for DynamoDbTaskStore {
             .await;
         match result {
             Ok(out) => {
-                let item = out.attributes.ok_or_else(|| StoreError::Unavailable("UpdateItem returned no attributes".into()))?;
+                let item = out
+                    .attributes
+                    .ok_or_else(|| StoreError::Unavailable("UpdateItem returned no attributes".into()))?;
                 item::from_item(item).map_err(|e| StoreError::Unavailable(e.into()))
             }
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 let current = match e.into_err() {
-                    aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => c.item,
+                    aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => {
+                        c.item
+                    }
                     _ => None,
                 };
                 let current = current
                     .map(item::from_item)
                     .transpose()
                     .map_err(|e| StoreError::Unavailable(e.into()))?;
-                Err(StoreError::Conflict { current: current.map(Box::new) })
+                Err(StoreError::Conflict {
+                    current: current.map(Box::new),
+                })
             }
             Err(e) => Err(store_error(e)),
         }
@@ -287,7 +299,8 @@ impl Update {
         }
         u.names.insert("#events".into(), "events".into());
         u.set.push("#events = list_append(#events, :event)".into());
-        u.values.insert(":event".into(), AttributeValue::L(vec![item::event_value(&c.event)?]));
+        u.values
+            .insert(":event".into(), AttributeValue::L(vec![item::event_value(&c.event)?]));
         Ok(u)
     }
 
@@ -321,7 +334,12 @@ impl Update {
 
 fn time(t: DateTime<Utc>) -> AttributeValue {
     // The same text serde gives a DateTime, so items written either way read back alike.
-    AttributeValue::S(serde_json::to_value(t).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default())
+    AttributeValue::S(
+        serde_json::to_value(t)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+    )
 }
 
 fn store_error<E, R>(e: SdkError<E, R>) -> StoreError

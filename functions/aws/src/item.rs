@@ -216,8 +216,24 @@ mod tests {
             lease_until: Some(now),
             cancel_requested: true,
             history: vec![
-                TaskEvent { seq: 1, at: now, kind: EventKind::Submitted, from: None, to: Some(Status::Queued), attempt: None, detail: None },
-                TaskEvent { seq: 2, at: now, kind: EventKind::Started, from: Some(Status::Queued), to: Some(Status::Running), attempt: Some(1), detail: Some("d".into()) },
+                TaskEvent {
+                    seq: 1,
+                    at: now,
+                    kind: EventKind::Submitted,
+                    from: None,
+                    to: Some(Status::Queued),
+                    attempt: None,
+                    detail: None,
+                },
+                TaskEvent {
+                    seq: 2,
+                    at: now,
+                    kind: EventKind::Started,
+                    from: Some(Status::Queued),
+                    to: Some(Status::Running),
+                    attempt: Some(1),
+                    detail: Some("d".into()),
+                },
             ],
         }
     }

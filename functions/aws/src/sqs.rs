@@ -48,7 +48,9 @@ where
     R: std::fmt::Debug + Send + Sync + 'static,
 {
     match e.code() {
-        Some("ReceiptHandleIsInvalid" | "InvalidParameterValue" | "AWS.SimpleQueueService.MessageNotInflight") => QueueError::InvalidReceipt,
+        Some("ReceiptHandleIsInvalid" | "InvalidParameterValue" | "AWS.SimpleQueueService.MessageNotInflight") => {
+            QueueError::InvalidReceipt
+        }
         _ => QueueError::Unavailable(Box::new(e)),
     }
 }
@@ -73,7 +75,9 @@ impl TaskQueue for SqsTaskQueue {
     async fn send_batch(&self, messages: &[(TaskMessage, Duration)]) -> Vec<Result<(), QueueError>> {
         let mut results: Vec<Result<(), QueueError>> = (0..messages.len()).map(|_| Ok(())).collect();
         for priority in Priority::ALL {
-            let indices: Vec<usize> = (0..messages.len()).filter(|i| messages[*i].0.priority == *priority).collect();
+            let indices: Vec<usize> = (0..messages.len())
+                .filter(|i| messages[*i].0.priority == *priority)
+                .collect();
             for chunk in indices.chunks(SQS_BATCH) {
                 let mut entries = Vec::with_capacity(chunk.len());
                 for &i in chunk {
@@ -152,12 +156,16 @@ impl TaskQueue for SqsTaskQueue {
             .into_iter()
             .map(|m| {
                 let attr = |name: MessageSystemAttributeName| m.attributes.as_ref().and_then(|a| a.get(&name).cloned());
-                let sent_ms: i64 = attr(MessageSystemAttributeName::SentTimestamp).and_then(|v| v.parse().ok()).unwrap_or(0);
+                let sent_ms: i64 = attr(MessageSystemAttributeName::SentTimestamp)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
                 Delivery {
                     message_id: m.message_id.clone().unwrap_or_default(),
                     receipt: m.receipt_handle.clone().unwrap_or_default(),
                     body: m.body.clone().unwrap_or_default(),
-                    receive_count: attr(MessageSystemAttributeName::ApproximateReceiveCount).and_then(|v| v.parse().ok()).unwrap_or(1),
+                    receive_count: attr(MessageSystemAttributeName::ApproximateReceiveCount)
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(1),
                     sent_at: Utc.timestamp_millis_opt(sent_ms).single().unwrap_or_else(Utc::now),
                     group_id: attr(MessageSystemAttributeName::MessageGroupId),
                 }
@@ -178,7 +186,9 @@ impl TaskQueue for SqsTaskQueue {
 
     async fn dead_letter_depth(&self, p: Priority) -> Result<u64, QueueError> {
         let Some(url) = self.urls.dead_letter[index(p)].as_deref() else {
-            return Err(QueueError::Unavailable(format!("no dead-letter queue configured for {p}").into()));
+            return Err(QueueError::Unavailable(
+                format!("no dead-letter queue configured for {p}").into(),
+            ));
         };
         let out = self
             .client
@@ -190,7 +200,10 @@ impl TaskQueue for SqsTaskQueue {
             .map_err(queue_error)?;
         Ok(out
             .attributes
-            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages).and_then(|v| v.parse().ok()))
+            .and_then(|a| {
+                a.get(&QueueAttributeName::ApproximateNumberOfMessages)
+                    .and_then(|v| v.parse().ok())
+            })
             .unwrap_or(0))
     }
 }

@@ -69,12 +69,20 @@ contract!(
 );
 
 fn new_task(t: &str, priority: &str) -> NewTask {
-    NewTask::from_json(&json!({"type": t, "payload": {"n": [1, 2.5, "x"]}, "priority": priority}), "").unwrap()
+    NewTask::from_json(
+        &json!({"type": t, "payload": {"n": [1, 2.5, "x"]}, "priority": priority}),
+        "",
+    )
+    .unwrap()
 }
 
 async fn submit(b: &Backends, user: &str, priority: &str) -> taskq_core::Task {
     let service = TaskService::new(b.store.clone(), b.queue.clone());
-    service.submit(user, &new_task("echo", priority), None).await.unwrap().task
+    service
+        .submit(user, &new_task("echo", priority), None)
+        .await
+        .unwrap()
+        .task
 }
 
 async fn create_then_get_round_trips_the_task(b: Backends) {
@@ -87,22 +95,44 @@ async fn create_then_get_round_trips_the_task(b: Backends) {
 
 async fn create_refuses_an_existing_id(b: Backends) {
     let t = submit(&b, "alice", "normal").await;
-    assert!(matches!(b.store.create(&t, None).await, Err(StoreError::Conflict { .. })));
+    assert!(matches!(
+        b.store.create(&t, None).await,
+        Err(StoreError::Conflict { .. })
+    ));
 }
 
 async fn tasks_are_private_to_their_user(b: Backends) {
     let t = submit(&b, "alice", "normal").await;
     assert!(b.store.get("bob", t.id).await.unwrap().is_none());
-    let page = b.store.list("bob", &ListQuery { limit: 10, ..Default::default() }).await.unwrap();
+    let page = b
+        .store
+        .list(
+            "bob",
+            &ListQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert!(page.tasks.is_empty());
-    let start = Transition::Start { lease_until: Utc::now() }.plan(Snapshot::from(&t), Utc::now()).unwrap();
-    assert!(matches!(b.store.apply("bob", t.id, &start).await, Err(StoreError::Conflict { current: None })));
+    let start = Transition::Start {
+        lease_until: Utc::now(),
+    }
+    .plan(Snapshot::from(&t), Utc::now())
+    .unwrap();
+    assert!(matches!(
+        b.store.apply("bob", t.id, &start).await,
+        Err(StoreError::Conflict { current: None })
+    ));
 }
 
 async fn apply_moves_only_from_the_expected_state_and_returns_the_current_task(b: Backends) {
     let t = submit(&b, "alice", "normal").await;
     let now = Utc::now();
-    let start = Transition::Start { lease_until: now }.plan(Snapshot::from(&t), now).unwrap();
+    let start = Transition::Start { lease_until: now }
+        .plan(Snapshot::from(&t), now)
+        .unwrap();
     let running = b.store.apply("alice", t.id, &start).await.unwrap();
     assert_eq!((running.status, running.attempts), (Status::Running, 1));
     assert!(running.started_at.is_some() && running.lease_until.is_some());
@@ -113,32 +143,56 @@ async fn apply_moves_only_from_the_expected_state_and_returns_the_current_task(b
         Err(StoreError::Conflict { current: Some(current) }) => assert_eq!(*current, running),
         other => panic!("expected a conflict with the current task, got {other:?}"),
     }
-    let done = Transition::Succeed { result: json!({"ok": true}) }.plan(Snapshot::from(&running), Utc::now()).unwrap();
+    let done = Transition::Succeed {
+        result: json!({"ok": true}),
+    }
+    .plan(Snapshot::from(&running), Utc::now())
+    .unwrap();
     let finished = b.store.apply("alice", t.id, &done).await.unwrap();
     assert_eq!(finished.status, Status::Succeeded);
     assert_eq!(finished.result, Some(json!({"ok": true})));
     assert!(finished.finished_at.is_some() && finished.lease_until.is_none());
     // A stale worker's retry is refused.
-    let stale = Transition::Retry { error: taskq_core::TaskFailure::new("x", "y"), run_at: Utc::now() }
-        .plan(Snapshot::from(&running), Utc::now())
-        .unwrap();
-    assert!(matches!(b.store.apply("alice", t.id, &stale).await, Err(StoreError::Conflict { current: Some(_) })));
+    let stale = Transition::Retry {
+        error: taskq_core::TaskFailure::new("x", "y"),
+        run_at: Utc::now(),
+    }
+    .plan(Snapshot::from(&running), Utc::now())
+    .unwrap();
+    assert!(matches!(
+        b.store.apply("alice", t.id, &stale).await,
+        Err(StoreError::Conflict { current: Some(_) })
+    ));
     assert_eq!(b.store.get("alice", t.id).await.unwrap().unwrap(), finished);
 }
 
 async fn apply_to_a_missing_task_is_a_conflict_without_current(b: Backends) {
     let t = submit(&b, "alice", "normal").await;
     let other = taskq_core::TaskId::new();
-    let start = Transition::Start { lease_until: Utc::now() }.plan(Snapshot::from(&t), Utc::now()).unwrap();
-    assert!(matches!(b.store.apply("alice", other, &start).await, Err(StoreError::Conflict { current: None })));
+    let start = Transition::Start {
+        lease_until: Utc::now(),
+    }
+    .plan(Snapshot::from(&t), Utc::now())
+    .unwrap();
+    assert!(matches!(
+        b.store.apply("alice", other, &start).await,
+        Err(StoreError::Conflict { current: None })
+    ));
 }
 
 async fn history_is_appended_in_order_with_increasing_seq(b: Backends) {
     let mut t = submit(&b, "alice", "low").await;
     let steps = [
-        Transition::Start { lease_until: Utc::now() },
-        Transition::Retry { error: taskq_core::TaskFailure::new("boom", "first"), run_at: Utc::now() },
-        Transition::Start { lease_until: Utc::now() },
+        Transition::Start {
+            lease_until: Utc::now(),
+        },
+        Transition::Retry {
+            error: taskq_core::TaskFailure::new("boom", "first"),
+            run_at: Utc::now(),
+        },
+        Transition::Start {
+            lease_until: Utc::now(),
+        },
         Transition::RequestCancel,
         Transition::Cancel { error: None },
     ];
@@ -148,7 +202,10 @@ async fn history_is_appended_in_order_with_increasing_seq(b: Backends) {
     }
     let kinds: Vec<EventKind> = t.history.iter().map(|e| e.kind).collect();
     use EventKind::*;
-    assert_eq!(kinds, [Submitted, Started, RetryScheduled, Started, CancelRequested, Cancelled]);
+    assert_eq!(
+        kinds,
+        [Submitted, Started, RetryScheduled, Started, CancelRequested, Cancelled]
+    );
     let seqs: Vec<u32> = t.history.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
     assert_eq!(t.history[3].attempt, Some(2));
@@ -164,7 +221,9 @@ async fn list_pages_newest_first_with_filters(b: Backends) {
     }
     // Cancel two so the status index has something to find.
     for t in [&ids[1], &ids[4]] {
-        let c = Transition::Cancel { error: None }.plan(Snapshot::from(t), Utc::now()).unwrap();
+        let c = Transition::Cancel { error: None }
+            .plan(Snapshot::from(t), Utc::now())
+            .unwrap();
         b.store.apply("carol", t.id, &c).await.unwrap();
     }
     let all = |q: ListQuery| {
@@ -185,18 +244,65 @@ async fn list_pages_newest_first_with_filters(b: Backends) {
         }
     };
     let expect: Vec<_> = ids.iter().rev().map(|t| t.id).collect();
-    assert_eq!(all(ListQuery { limit: 4, ..Default::default() }).await, expect);
-    assert_eq!(all(ListQuery { limit: 100, ..Default::default() }).await, expect);
-    let high: Vec<_> = ids.iter().rev().filter(|t| t.priority == Priority::High).map(|t| t.id).collect();
-    assert_eq!(all(ListQuery { limit: 2, priority: Some(Priority::High), ..Default::default() }).await, high);
+    assert_eq!(
+        all(ListQuery {
+            limit: 4,
+            ..Default::default()
+        })
+        .await,
+        expect
+    );
+    assert_eq!(
+        all(ListQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await,
+        expect
+    );
+    let high: Vec<_> = ids
+        .iter()
+        .rev()
+        .filter(|t| t.priority == Priority::High)
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(
+        all(ListQuery {
+            limit: 2,
+            priority: Some(Priority::High),
+            ..Default::default()
+        })
+        .await,
+        high
+    );
     let cancelled = vec![ids[4].id, ids[1].id];
-    assert_eq!(all(ListQuery { limit: 1, status: Some(Status::Cancelled), ..Default::default() }).await, cancelled);
+    assert_eq!(
+        all(ListQuery {
+            limit: 1,
+            status: Some(Status::Cancelled),
+            ..Default::default()
+        })
+        .await,
+        cancelled
+    );
     let cancelled_normal = vec![ids[4].id, ids[1].id];
     assert_eq!(
-        all(ListQuery { limit: 5, status: Some(Status::Cancelled), priority: Some(Priority::Normal), ..Default::default() }).await,
+        all(ListQuery {
+            limit: 5,
+            status: Some(Status::Cancelled),
+            priority: Some(Priority::Normal),
+            ..Default::default()
+        })
+        .await,
         cancelled_normal
     );
-    assert!(all(ListQuery { limit: 5, status: Some(Status::Running), ..Default::default() }).await.is_empty());
+    assert!(all(ListQuery {
+        limit: 5,
+        status: Some(Status::Running),
+        ..Default::default()
+    })
+    .await
+    .is_empty());
 }
 
 async fn idempotency_keys_replay_or_report_a_different_request(b: Backends) {
@@ -218,10 +324,24 @@ async fn idempotency_keys_replay_or_report_a_different_request(b: Backends) {
     let t = submit(&b, "dave", "normal").await;
     let mut fresh = t.clone();
     fresh.id = taskq_core::TaskId::new();
-    let expired = IdempotencyClaim { key: "key-2".into(), fingerprint: "f".into(), expires_at: Utc::now() - chrono::Duration::seconds(5) };
-    assert!(matches!(b.store.create(&t.clone_with_new_id(), Some(&expired)).await.unwrap(), Created::New(_)));
-    let claim = IdempotencyClaim { key: "key-2".into(), fingerprint: "g".into(), expires_at: Utc::now() + chrono::Duration::seconds(60) };
-    assert!(matches!(b.store.create(&fresh, Some(&claim)).await.unwrap(), Created::New(_)));
+    let expired = IdempotencyClaim {
+        key: "key-2".into(),
+        fingerprint: "f".into(),
+        expires_at: Utc::now() - chrono::Duration::seconds(5),
+    };
+    assert!(matches!(
+        b.store.create(&t.clone_with_new_id(), Some(&expired)).await.unwrap(),
+        Created::New(_)
+    ));
+    let claim = IdempotencyClaim {
+        key: "key-2".into(),
+        fingerprint: "g".into(),
+        expires_at: Utc::now() + chrono::Duration::seconds(60),
+    };
+    assert!(matches!(
+        b.store.create(&fresh, Some(&claim)).await.unwrap(),
+        Created::New(_)
+    ));
 }
 
 trait CloneWithNewId {
@@ -236,7 +356,12 @@ impl CloneWithNewId for taskq_core::Task {
 }
 
 fn message(user: &str, p: Priority) -> TaskMessage {
-    TaskMessage { user_id: user.into(), task_id: taskq_core::TaskId::new(), priority: p, timeout_seconds: 60 }
+    TaskMessage {
+        user_id: user.into(),
+        task_id: taskq_core::TaskId::new(),
+        priority: p,
+        timeout_seconds: 60,
+    }
 }
 
 async fn receive_all(b: &Backends, p: Priority, want: usize) -> Vec<taskq_core::Delivery> {
@@ -263,18 +388,50 @@ async fn queue_sends_receives_and_deletes(b: Backends) {
     let parsed: TaskMessage = serde_json::from_str(&got[0].body).unwrap();
     assert_eq!(parsed, m);
     assert_eq!(got[0].receive_count, 1);
-    assert_eq!(got[0].group_id.as_deref(), Some("frank"), "MessageGroupId is the user (fair queues)");
-    assert!(b.queue.receive(Priority::Normal, 10, Duration::ZERO).await.unwrap().is_empty(), "other priorities are other queues");
+    assert_eq!(
+        got[0].group_id.as_deref(),
+        Some("frank"),
+        "MessageGroupId is the user (fair queues)"
+    );
+    assert!(
+        b.queue
+            .receive(Priority::Normal, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty(),
+        "other priorities are other queues"
+    );
     b.queue.delete(Priority::High, &got[0].receipt).await.unwrap();
-    b.queue.change_visibility(Priority::High, &got[0].receipt, Duration::ZERO).await.ok();
-    assert!(b.queue.receive(Priority::High, 10, Duration::from_millis(1200)).await.unwrap().is_empty());
+    b.queue
+        .change_visibility(Priority::High, &got[0].receipt, Duration::ZERO)
+        .await
+        .ok();
+    assert!(b
+        .queue
+        .receive(Priority::High, 10, Duration::from_millis(1200))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn queue_redelivers_after_visibility_and_counts_receives(b: Backends) {
-    b.queue.send(&message("gina", Priority::Normal), Duration::ZERO).await.unwrap();
+    b.queue
+        .send(&message("gina", Priority::Normal), Duration::ZERO)
+        .await
+        .unwrap();
     let first = receive_all(&b, Priority::Normal, 1).await;
-    assert!(b.queue.receive(Priority::Normal, 10, Duration::ZERO).await.unwrap().is_empty(), "in flight: invisible");
-    b.queue.change_visibility(Priority::Normal, &first[0].receipt, Duration::from_secs(1)).await.unwrap();
+    assert!(
+        b.queue
+            .receive(Priority::Normal, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty(),
+        "in flight: invisible"
+    );
+    b.queue
+        .change_visibility(Priority::Normal, &first[0].receipt, Duration::from_secs(1))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let second = receive_all(&b, Priority::Normal, 1).await;
     assert_eq!(second.len(), 1);
@@ -284,25 +441,46 @@ async fn queue_redelivers_after_visibility_and_counts_receives(b: Backends) {
 }
 
 async fn queue_dead_letters_after_max_receives(b: Backends) {
-    b.queue.send(&message("hank", Priority::Low), Duration::ZERO).await.unwrap();
+    b.queue
+        .send(&message("hank", Priority::Low), Duration::ZERO)
+        .await
+        .unwrap();
     for _ in 0..MAX_RECEIVES {
         let got = receive_all(&b, Priority::Low, 1).await;
         assert_eq!(got.len(), 1);
-        b.queue.change_visibility(Priority::Low, &got[0].receipt, Duration::ZERO).await.unwrap();
+        b.queue
+            .change_visibility(Priority::Low, &got[0].receipt, Duration::ZERO)
+            .await
+            .unwrap();
     }
-    assert!(b.queue.receive(Priority::Low, 10, Duration::from_millis(500)).await.unwrap().is_empty());
+    assert!(b
+        .queue
+        .receive(Priority::Low, 10, Duration::from_millis(500))
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(b.queue.dead_letter_depth(Priority::Low).await.unwrap(), 1);
 }
 
 async fn queue_delays_messages(b: Backends) {
-    b.queue.send(&message("ivy", Priority::High), Duration::from_secs(2)).await.unwrap();
-    assert!(b.queue.receive(Priority::High, 10, Duration::ZERO).await.unwrap().is_empty());
+    b.queue
+        .send(&message("ivy", Priority::High), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(b
+        .queue
+        .receive(Priority::High, 10, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(receive_all(&b, Priority::High, 1).await.len(), 1);
 }
 
 async fn queue_batches_across_priorities(b: Backends) {
-    let messages: Vec<_> = (0..25).map(|i| (message("jo", Priority::ALL[i % 3]), Duration::ZERO)).collect();
+    let messages: Vec<_> = (0..25)
+        .map(|i| (message("jo", Priority::ALL[i % 3]), Duration::ZERO))
+        .collect();
     let results = b.queue.send_batch(&messages).await;
     assert_eq!(results.len(), 25);
     assert!(results.iter().all(Result::is_ok));
@@ -314,8 +492,15 @@ async fn queue_batches_across_priorities(b: Backends) {
 }
 
 async fn queue_rejects_a_stale_receipt(b: Backends) {
-    b.queue.send(&message("kim", Priority::Normal), Duration::ZERO).await.unwrap();
+    b.queue
+        .send(&message("kim", Priority::Normal), Duration::ZERO)
+        .await
+        .unwrap();
     let got = receive_all(&b, Priority::Normal, 1).await;
     b.queue.delete(Priority::Normal, &got[0].receipt).await.unwrap();
-    assert!(b.queue.change_visibility(Priority::Normal, &got[0].receipt, Duration::from_secs(5)).await.is_err());
+    assert!(b
+        .queue
+        .change_visibility(Priority::Normal, &got[0].receipt, Duration::from_secs(5))
+        .await
+        .is_err());
 }

@@ -11,8 +11,7 @@ pub mod task;
 pub mod transition;
 
 pub use ports::{
-    Created, Delivery, IdempotencyClaim, ListQuery, QueueError, StoreError, TaskMessage, TaskPage,
-    TaskQueue, TaskStore,
+    Created, Delivery, IdempotencyClaim, ListQuery, QueueError, StoreError, TaskMessage, TaskPage, TaskQueue, TaskStore,
 };
 pub use service::{ServiceError, Submitted, TaskService};
 pub use submit::{FieldError, NewTask};

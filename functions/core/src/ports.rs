@@ -47,7 +47,10 @@ pub struct IdempotencyClaim {
 pub enum Created {
     New(Task),
     /// The key was claimed before: the task it names and whether the request was the same.
-    Existing { task: Task, same_request: bool },
+    Existing {
+        task: Task,
+        same_request: bool,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -113,7 +113,12 @@ impl TaskService {
     }
 
     /// Stores the task first, then sends its message: a task is never queued without a record.
-    pub async fn submit(&self, user_id: &str, new: &NewTask, idempotency_key: Option<&str>) -> Result<Submitted, ServiceError> {
+    pub async fn submit(
+        &self,
+        user_id: &str,
+        new: &NewTask,
+        idempotency_key: Option<&str>,
+    ) -> Result<Submitted, ServiceError> {
         let task = Self::build(user_id, new);
         let claim = Self::claim(new, idempotency_key);
         match self.store.create(&task, claim.as_ref()).await? {
@@ -178,7 +183,10 @@ impl TaskService {
             };
             results[i] = Some(match created {
                 Err(e) => Err(e.into()),
-                Ok(Created::Existing { task, same_request: true }) => Ok(Submitted { task, replayed: true }),
+                Ok(Created::Existing {
+                    task,
+                    same_request: true,
+                }) => Ok(Submitted { task, replayed: true }),
                 Ok(Created::Existing { .. }) => Err(ServiceError::IdempotencyMismatch),
                 Ok(Created::New(task)) => {
                     to_send.push((i, task.message(), Duration::from_secs(delay.into())));
@@ -197,7 +205,9 @@ impl TaskService {
             .into_iter()
             .map(|r| {
                 r.unwrap_or_else(|| {
-                    Err(ServiceError::Store(StoreError::Unavailable("store call panicked".into())))
+                    Err(ServiceError::Store(StoreError::Unavailable(
+                        "store call panicked".into(),
+                    )))
                 })
             })
             .collect()

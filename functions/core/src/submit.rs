@@ -51,7 +51,11 @@ impl NewTask {
         let f = |name: &str| format!("{prefix}{name}");
         let obj = value.as_object().ok_or_else(|| {
             FieldError::new(
-                if prefix.is_empty() { "body" } else { prefix.trim_end_matches('.') },
+                if prefix.is_empty() {
+                    "body"
+                } else {
+                    prefix.trim_end_matches('.')
+                },
                 "must be a JSON object",
             )
         })?;
@@ -85,7 +89,14 @@ impl NewTask {
             payload,
             priority,
             delay_seconds: int_field(obj, &f("delay_seconds"), "delay_seconds", 0, MAX_DELAY_SECONDS, 0)?,
-            max_attempts: int_field(obj, &f("max_attempts"), "max_attempts", 1, MAX_ATTEMPTS, DEFAULT_MAX_ATTEMPTS)?,
+            max_attempts: int_field(
+                obj,
+                &f("max_attempts"),
+                "max_attempts",
+                1,
+                MAX_ATTEMPTS,
+                DEFAULT_MAX_ATTEMPTS,
+            )?,
             timeout_seconds: int_field(
                 obj,
                 &f("timeout_seconds"),
@@ -125,9 +136,15 @@ fn int_field(
         None | Some(Value::Null) => Ok(default),
         Some(Value::Number(n)) => match n.as_u64() {
             Some(v) if v >= u64::from(min) && v <= u64::from(max) => Ok(v as u32),
-            _ => Err(FieldError::new(field, format!("must be an integer from {min} to {max}"))),
+            _ => Err(FieldError::new(
+                field,
+                format!("must be an integer from {min} to {max}"),
+            )),
         },
-        Some(_) => Err(FieldError::new(field, format!("must be an integer from {min} to {max}"))),
+        Some(_) => Err(FieldError::new(
+            field,
+            format!("must be an integer from {min} to {max}"),
+        )),
     }
 }
 
@@ -196,7 +213,11 @@ mod tests {
     #[test]
     fn fingerprint_ignores_spelled_out_defaults() {
         let a = NewTask::from_json(&json!({"type": "x", "payload": {"b": 1, "a": 2}}), "").unwrap();
-        let b = NewTask::from_json(&json!({"payload": {"a": 2, "b": 1}, "type": "x", "priority": "normal"}), "").unwrap();
+        let b = NewTask::from_json(
+            &json!({"payload": {"a": 2, "b": 1}, "type": "x", "priority": "normal"}),
+            "",
+        )
+        .unwrap();
         let c = NewTask::from_json(&json!({"type": "x", "payload": {"a": 3}}), "").unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());
         assert_ne!(a.fingerprint(), c.fingerprint());

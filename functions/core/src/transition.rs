@@ -39,10 +39,7 @@ pub enum Transition {
     /// running -> succeeded.
     Succeed { result: Value },
     /// running -> queued, to run again at `run_at`.
-    Retry {
-        error: TaskFailure,
-        run_at: DateTime<Utc>,
-    },
+    Retry { error: TaskFailure, run_at: DateTime<Utc> },
     /// running -> failed.
     Fail { error: TaskFailure },
     /// queued -> cancelled, or running -> cancelled once the running attempt has ended.
@@ -264,8 +261,7 @@ pub fn is_valid_step(from: Status, to: Status) -> bool {
     use Status::*;
     matches!(
         (from, to),
-        (Queued, Running | Cancelled | Dead)
-            | (Running, Running | Succeeded | Queued | Failed | Cancelled | Dead)
+        (Queued, Running | Cancelled | Dead) | (Running, Running | Succeeded | Queued | Failed | Cancelled | Dead)
     )
 }
 
@@ -314,10 +310,14 @@ mod tests {
     #[test]
     fn start_counts_an_attempt_and_refuses_past_max() {
         let now = Utc::now();
-        let c = Transition::Start { lease_until: now }.plan(snap(Status::Queued, 1), now).unwrap();
+        let c = Transition::Start { lease_until: now }
+            .plan(snap(Status::Queued, 1), now)
+            .unwrap();
         assert_eq!((c.expect_attempts, c.attempts, c.status), (1, 2, Status::Running));
         assert_eq!(c.event.attempt, Some(2));
-        assert!(Transition::Start { lease_until: now }.plan(snap(Status::Queued, 3), now).is_err());
+        assert!(Transition::Start { lease_until: now }
+            .plan(snap(Status::Queued, 3), now)
+            .is_err());
     }
 
     #[test]

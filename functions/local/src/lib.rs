@@ -101,5 +101,10 @@ pub async fn start(options: LocalOptions) -> std::io::Result<LocalServer> {
         let worker = Worker::new(store.clone(), queue.clone(), options.registry, options.worker);
         tasks.extend(esm::spawn(worker, queue.clone(), &options.event_sources));
     }
-    Ok(LocalServer { addr, store, queue, tasks })
+    Ok(LocalServer {
+        addr,
+        store,
+        queue,
+        tasks,
+    })
 }

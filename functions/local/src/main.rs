@@ -110,7 +110,10 @@ async fn serve(mut args: Args) -> Result<(), String> {
                 let config = taskq_aws::bootstrap::ensure(&sdk, &plan)
                     .await
                     .map_err(|e| format!("creating resources: {e}"))?;
-                eprintln!("table {} and queues {:?} ready", config.table_name, config.queues.queues);
+                eprintln!(
+                    "table {} and queues {:?} ready",
+                    config.table_name, config.queues.queues
+                );
                 config
             } else {
                 taskq_aws::AwsConfig::from_env()?
@@ -123,7 +126,9 @@ async fn serve(mut args: Args) -> Result<(), String> {
         }
         other => return Err(format!("--backend must be memory or aws, not {other:?}")),
     };
-    let server = start(options).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let server = start(options)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let token = taskq_api::auth::mint(&secret(), "dev-user", &[], 24 * 3600).map_err(|e| e.to_string())?;
     let url = server.base_url();
     println!("taskq-local listening on {url} (backend: {backend})");

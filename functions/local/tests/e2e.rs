@@ -108,11 +108,22 @@ impl TestApp {
             .unwrap();
         assert_eq!(r.status(), 202);
         let body: Value = r.json().await.unwrap();
-        body["results"].as_array().unwrap().iter().map(|r| r["task"].clone()).collect()
+        body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["task"].clone())
+            .collect()
     }
 
     async fn get(&self, path: &str) -> Value {
-        let r = self.http.get(self.url(path)).bearer_auth(&self.token).send().await.unwrap();
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{path}");
         r.json().await.unwrap()
     }
@@ -122,7 +133,10 @@ impl TestApp {
     }
 
     async fn events(&self, id: &str) -> Vec<Value> {
-        self.get(&format!("/v1/tasks/{id}/events")).await["events"].as_array().unwrap().clone()
+        self.get(&format!("/v1/tasks/{id}/events")).await["events"]
+            .as_array()
+            .unwrap()
+            .clone()
     }
 
     /// Waits until every task is terminal, listing by status (one request per page, not per task).
@@ -152,14 +166,21 @@ impl TestApp {
             if pending == 0 {
                 return all;
             }
-            assert!(Instant::now() < deadline, "{pending} of {} tasks not terminal in {within:?}", ids.len());
+            assert!(
+                Instant::now() < deadline,
+                "{pending} of {} tasks not terminal in {within:?}",
+                ids.len()
+            );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 }
 
 fn is_terminal(t: &Value) -> bool {
-    t["status"].as_str().and_then(|s| s.parse::<Status>().ok()).is_some_and(|s| s.is_terminal())
+    t["status"]
+        .as_str()
+        .and_then(|s| s.parse::<Status>().ok())
+        .is_some_and(|s| s.is_terminal())
 }
 
 /// A history is a valid path of the state machine with seq 1, 2, 3...
@@ -187,7 +208,13 @@ async fn three_hundred_tasks_across_priorities_all_succeed(app: TestApp) {
     // Half submitted one by one, half in batches of 50.
     for i in 0..150 {
         let p = ["high", "normal", "low"][i % 3];
-        ids.push(app.submit(json!({"type": "echo", "payload": {"i": i}, "priority": p})).await["id"].as_str().unwrap().to_owned());
+        ids.push(
+            app.submit(json!({"type": "echo", "payload": {"i": i}, "priority": p}))
+                .await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     for chunk in 0..3 {
         let tasks = (0..50)
@@ -207,7 +234,9 @@ async fn three_hundred_tasks_across_priorities_all_succeed(app: TestApp) {
         assert_eq!(t["status"], "succeeded", "{t}");
         assert_eq!(t["result"], t["payload"]);
         assert_eq!(t["attempts"], 1);
-        *by_priority.entry(t["priority"].as_str().unwrap().to_owned()).or_default() += 1;
+        *by_priority
+            .entry(t["priority"].as_str().unwrap().to_owned())
+            .or_default() += 1;
     }
     assert_eq!(by_priority.values().sum::<usize>(), 300);
     assert_eq!(by_priority.len(), 3);
@@ -222,23 +251,47 @@ async fn three_hundred_tasks_across_priorities_all_succeed(app: TestApp) {
 }
 
 async fn retries_follow_max_attempts(app: TestApp) {
-    let twice = app.submit(json!({"type": "fail", "payload": {"times": 2}, "max_attempts": 3})).await;
-    let five = app.submit(json!({"type": "fail", "payload": {"times": 5}, "max_attempts": 3, "priority": "high"})).await;
-    let ids = [twice["id"].as_str().unwrap().to_owned(), five["id"].as_str().unwrap().to_owned()];
+    let twice = app
+        .submit(json!({"type": "fail", "payload": {"times": 2}, "max_attempts": 3}))
+        .await;
+    let five = app
+        .submit(json!({"type": "fail", "payload": {"times": 5}, "max_attempts": 3, "priority": "high"}))
+        .await;
+    let ids = [
+        twice["id"].as_str().unwrap().to_owned(),
+        five["id"].as_str().unwrap().to_owned(),
+    ];
     app.settle(&ids, Duration::from_secs(60)).await;
 
     let twice = app.task(&ids[0]).await;
-    assert_eq!((twice["status"].as_str(), twice["attempts"].as_u64()), (Some("succeeded"), Some(3)));
+    assert_eq!(
+        (twice["status"].as_str(), twice["attempts"].as_u64()),
+        (Some("succeeded"), Some(3))
+    );
     assert_eq!(twice["result"], json!({"attempt": 3}));
     let events = app.events(&ids[0]).await;
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["submitted", "started", "retry_scheduled", "started", "retry_scheduled", "started", "succeeded"]);
+    assert_eq!(
+        kinds,
+        [
+            "submitted",
+            "started",
+            "retry_scheduled",
+            "started",
+            "retry_scheduled",
+            "started",
+            "succeeded"
+        ]
+    );
     let attempts: Vec<u64> = events.iter().filter_map(|e| e["attempt"].as_u64()).collect();
     assert_eq!(attempts, [1, 1, 2, 2, 3, 3]);
     assert_valid_history(&events);
 
     let five = app.task(&ids[1]).await;
-    assert_eq!((five["status"].as_str(), five["attempts"].as_u64()), (Some("failed"), Some(3)));
+    assert_eq!(
+        (five["status"].as_str(), five["attempts"].as_u64()),
+        (Some("failed"), Some(3))
+    );
     assert_eq!(five["error"]["kind"], "deliberate_failure");
     let events = app.events(&ids[1]).await;
     assert_eq!(events.last().unwrap()["type"], "failed");
@@ -249,7 +302,9 @@ async fn duplicate_deliveries_change_nothing(app: TestApp) {
     let mut ids = Vec::new();
     for i in 0..20 {
         let p = ["high", "low"][i % 2];
-        let t = app.submit(json!({"type": "sleep", "payload": {"ms": 50}, "priority": p})).await;
+        let t = app
+            .submit(json!({"type": "sleep", "payload": {"ms": 50}, "priority": p}))
+            .await;
         let id = t["id"].as_str().unwrap().to_owned();
         // SQS delivers at least once: send every task's message a second time.
         let message = TaskMessage {
@@ -282,5 +337,8 @@ async fn wait_returns_when_the_task_finishes(app: TestApp) {
     let started = Instant::now();
     let done = app.get(&format!("/v1/tasks/{id}?wait=15")).await;
     assert_eq!(done["status"], "succeeded");
-    assert!(started.elapsed() < Duration::from_secs(10), "returned on completion, not at the end of the wait");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "returned on completion, not at the end of the wait"
+    );
 }

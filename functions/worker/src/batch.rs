@@ -49,26 +49,25 @@ impl Worker {
     /// `deadline - deadline_margin` are reported as failures, untouched, for redelivery.
     pub async fn process_batch(&self, event: SqsEvent, deadline: Instant) -> SqsBatchResponse {
         let mut running = tokio::task::JoinSet::new();
+        let mut ids = std::collections::HashMap::new();
         let mut failures = Vec::new();
         for record in event.records {
             let id = record.message_id.clone().unwrap_or_default();
             let worker = self.clone();
             let span = info_span!("record", message_id = %id);
-            running.spawn(
-                async move {
-                    let outcome = worker.process_record(record, deadline).await;
-                    (id, outcome)
-                }
-                .instrument(span),
-            );
+            let handle = running.spawn(async move { worker.process_record(record, deadline).await }.instrument(span));
+            ids.insert(handle.id(), id);
         }
-        while let Some(joined) = running.join_next().await {
+        while let Some(joined) = running.join_next_with_id().await {
             match joined {
                 Ok((_, Outcome::Done)) => {}
-                Ok((id, Outcome::Again)) => failures.push(id),
-                // A panic outside the handler (which is caught separately) is a bug; the record
-                // id is lost with the task, so the whole remaining batch must be retried.
-                Err(e) => error!(error = %e, "record processing panicked"),
+                Ok((task, Outcome::Again)) => failures.extend(ids.remove(&task)),
+                Err(e) => {
+                    // A panic outside the handler (handlers' own panics are caught in
+                    // `execute`) is a bug; keep the message so the task is not lost.
+                    error!(error = %e, "record processing panicked");
+                    failures.extend(ids.remove(&e.id()));
+                }
             }
         }
         let mut response = SqsBatchResponse::default();
@@ -96,7 +95,8 @@ impl Worker {
                 return Outcome::Done;
             }
         };
-        let span = info_span!("task", task_id = %message.task_id, user_id = %message.user_id, priority = %message.priority);
+        let span =
+            info_span!("task", task_id = %message.task_id, user_id = %message.user_id, priority = %message.priority);
         async {
             if deadline.saturating_duration_since(Instant::now()) < self.config.deadline_margin {
                 info!("invocation deadline near: not starting");
@@ -121,7 +121,13 @@ impl Worker {
         .await
     }
 
-    async fn run(&self, message: &TaskMessage, receipt: &str, receive_count: u32, deadline: Instant) -> Result<Outcome, StoreError> {
+    async fn run(
+        &self,
+        message: &TaskMessage,
+        receipt: &str,
+        receive_count: u32,
+        deadline: Instant,
+    ) -> Result<Outcome, StoreError> {
         let Some(task) = self.start(message, receipt, receive_count).await? else {
             return Ok(Outcome::Done);
         };
@@ -155,11 +161,23 @@ impl Worker {
                 let run_at = Utc::now() + chrono::Duration::from_std(backoff).unwrap_or_default();
                 info!(attempt = task.attempts, backoff_ms = backoff.as_millis() as u64, error = %e, "retrying");
                 let after = self
-                    .finish(&task, Transition::Retry { error: e.failure(), run_at })
+                    .finish(
+                        &task,
+                        Transition::Retry {
+                            error: e.failure(),
+                            run_at,
+                        },
+                    )
                     .await?;
                 if let Some(after) = after.filter(|t| t.cancel_requested) {
                     // Cancellation was asked for while this attempt ran: honour it, no retry.
-                    self.finish(&after, Transition::Cancel { error: after.error.clone() }).await?;
+                    self.finish(
+                        &after,
+                        Transition::Cancel {
+                            error: after.error.clone(),
+                        },
+                    )
+                    .await?;
                     return Ok(Outcome::Done);
                 }
                 if let Err(e) = self.queue.change_visibility(message.priority, receipt, backoff).await {
@@ -168,7 +186,9 @@ impl Worker {
                 }
                 return Ok(Outcome::Again);
             }
-            Err(e) if task.cancel_requested => Transition::Cancel { error: Some(e.failure()) },
+            Err(e) if task.cancel_requested => Transition::Cancel {
+                error: Some(e.failure()),
+            },
             Err(e) => Transition::Fail { error: e.failure() },
         };
         self.finish(&task, transition).await?;
@@ -178,7 +198,12 @@ impl Worker {
     /// queued -> running with one conditional write. The attempt count is guessed from the
     /// receive count; a wrong guess costs one more write, never a read (the failed write returns
     /// the current item).
-    async fn start(&self, message: &TaskMessage, receipt: &str, receive_count: u32) -> Result<Option<Started>, StoreError> {
+    async fn start(
+        &self,
+        message: &TaskMessage,
+        receipt: &str,
+        receive_count: u32,
+    ) -> Result<Option<Started>, StoreError> {
         let mut current = Snapshot {
             status: Status::Queued,
             attempts: receive_count.saturating_sub(1),
@@ -203,7 +228,10 @@ impl Worker {
                     // lease on the last attempt. Either way the task has failed.
                     info!(reason = %e, "no attempts left");
                     let fail = Transition::Fail {
-                        error: TaskFailure::new("attempts_exhausted", "the last attempt's worker stopped before it finished"),
+                        error: TaskFailure::new(
+                            "attempts_exhausted",
+                            "the last attempt's worker stopped before it finished",
+                        ),
                     };
                     if let Ok(change) = fail.plan(current, now) {
                         match self.store.apply(&message.user_id, message.task_id, &change).await {
@@ -217,7 +245,7 @@ impl Worker {
             match self.store.apply(&message.user_id, message.task_id, &change).await {
                 Ok(task) => {
                     info!(attempt = task.attempts, "started");
-                    return Ok(Some(Started::Run(task)));
+                    return Ok(Some(Started::Run(Box::new(task))));
                 }
                 Err(StoreError::Conflict { current: None }) => {
                     warn!("message for a task that does not exist");
@@ -231,7 +259,10 @@ impl Worker {
                             .unwrap_or_default();
                         if !lease_left.is_zero() {
                             // Another delivery holds the lease: come back when it would expire.
-                            info!(lease_left_ms = lease_left.as_millis() as u64, "duplicate delivery while running");
+                            info!(
+                                lease_left_ms = lease_left.as_millis() as u64,
+                                "duplicate delivery while running"
+                            );
                             let wait = lease_left + Duration::from_secs(1);
                             if let Err(e) = self.queue.change_visibility(message.priority, receipt, wait).await {
                                 warn!(error = %e, "could not delay the duplicate");
@@ -259,7 +290,11 @@ impl Worker {
         let Some(handler) = self.registry.get(task.task_type.as_str()) else {
             return Err(HandlerError::permanent(
                 "unknown_task_type",
-                format!("no handler is registered for type {:?}; known types: {}", task.task_type.as_str(), self.registry.types().join(", ")),
+                format!(
+                    "no handler is registered for type {:?}; known types: {}",
+                    task.task_type.as_str(),
+                    self.registry.types().join(", ")
+                ),
             ));
         };
         let own_timeout = Duration::from_secs(task.timeout_seconds.into());
@@ -276,9 +311,18 @@ impl Worker {
             Err(_) => {
                 join.abort();
                 if limit < own_timeout {
-                    Err(HandlerError::retryable("invocation_deadline", format!("stopped after {} ms: the worker invocation was ending", limit.as_millis())))
+                    Err(HandlerError::retryable(
+                        "invocation_deadline",
+                        format!(
+                            "stopped after {} ms: the worker invocation was ending",
+                            limit.as_millis()
+                        ),
+                    ))
                 } else {
-                    Err(HandlerError::retryable("timeout", format!("did not finish within {} s", task.timeout_seconds)))
+                    Err(HandlerError::retryable(
+                        "timeout",
+                        format!("did not finish within {} s", task.timeout_seconds),
+                    ))
                 }
             }
         }
@@ -309,7 +353,7 @@ impl Worker {
 }
 
 enum Started {
-    Run(Task),
+    Run(Box<Task>),
     Backoff,
 }
 

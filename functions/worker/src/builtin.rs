@@ -17,7 +17,8 @@ pub fn register(r: &mut Registry) {
 }
 
 fn payload<T: for<'de> Deserialize<'de>>(ctx: &TaskContext, shape: &str) -> Result<T, HandlerError> {
-    T::deserialize(ctx.payload()).map_err(|e| HandlerError::permanent("invalid_payload", format!("expected {shape}: {e}")))
+    T::deserialize(ctx.payload())
+        .map_err(|e| HandlerError::permanent("invalid_payload", format!("expected {shape}: {e}")))
 }
 
 /// Returns the payload as the result.
@@ -116,13 +117,21 @@ impl Default for Webhook {
 impl TaskHandler for Webhook {
     async fn run(&self, ctx: TaskContext) -> Result<Value, HandlerError> {
         let p: WebhookPayload = payload(&ctx, "{\"url\", \"method\"?, \"headers\"?, \"body\"?}")?;
-        let url = reqwest::Url::parse(&p.url).map_err(|e| HandlerError::permanent("invalid_payload", format!("url: {e}")))?;
+        let url =
+            reqwest::Url::parse(&p.url).map_err(|e| HandlerError::permanent("invalid_payload", format!("url: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(HandlerError::permanent("invalid_payload", "url: scheme must be http or https"));
+            return Err(HandlerError::permanent(
+                "invalid_payload",
+                "url: scheme must be http or https",
+            ));
         }
-        let method = p.method.as_deref().unwrap_or(if p.body.is_some() { "POST" } else { "GET" });
-        let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
-            .map_err(|_| HandlerError::permanent("invalid_payload", format!("method: {method:?} is not an HTTP method")))?;
+        let method = p
+            .method
+            .as_deref()
+            .unwrap_or(if p.body.is_some() { "POST" } else { "GET" });
+        let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| {
+            HandlerError::permanent("invalid_payload", format!("method: {method:?} is not an HTTP method"))
+        })?;
         let mut request = self.client.request(method, url);
         for (name, value) in &p.headers {
             request = request.header(name, value);
@@ -150,7 +159,11 @@ impl TaskHandler for Webhook {
             let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
             return Ok(json!({ "status": status.as_u16(), "body": body }));
         }
-        let message = format!("HTTP {}: {}", status.as_u16(), text.chars().take(500).collect::<String>());
+        let message = format!(
+            "HTTP {}: {}",
+            status.as_u16(),
+            text.chars().take(500).collect::<String>()
+        );
         if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
             Err(HandlerError::retryable("webhook_status", message))
         } else {

@@ -26,6 +26,9 @@ async fn main() -> Result<(), Error> {
 
 /// The runtime gives the deadline in epoch milliseconds.
 fn to_instant(deadline_ms: u64) -> tokio::time::Instant {
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
     tokio::time::Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms))
 }

@@ -84,7 +84,10 @@ impl Env {
     async fn poll(&self, p: Priority) -> Vec<String> {
         let got = self.queue.receive(p, 10, Duration::from_millis(200)).await.unwrap();
         let receipts: Vec<(String, String)> = got.iter().map(|d| (d.message_id.clone(), d.receipt.clone())).collect();
-        let res = self.worker.process_batch(taskq_worker::sqs::event_from(p, got), later()).await;
+        let res = self
+            .worker
+            .process_batch(taskq_worker::sqs::event_from(p, got), later())
+            .await;
         let failed: Vec<String> = res.batch_item_failures.into_iter().map(|f| f.item_identifier).collect();
         for (id, r) in receipts {
             if !failed.contains(&id) {
@@ -125,7 +128,10 @@ fn fixture(name: &str) -> SqsEvent {
 async fn the_runtime_projects_sqs_fixture_is_not_a_task_and_is_dropped() {
     // events/fixtures/example-sqs-event.json is aws-lambda-rust-runtime's own fixture.
     let e = env();
-    let res = e.worker.process_batch(fixture("fixtures/example-sqs-event.json"), later()).await;
+    let res = e
+        .worker
+        .process_batch(fixture("fixtures/example-sqs-event.json"), later())
+        .await;
     assert!(res.batch_item_failures.is_empty());
 }
 
@@ -143,31 +149,51 @@ async fn sample_events_for_unknown_tasks_are_acknowledged() {
 #[tokio::test]
 async fn echo_succeeds_with_the_payload_as_result() {
     let e = env();
-    let t = e.submit(json!({"type": "echo", "payload": {"a": [1, 2]}, "priority": "high"})).await;
+    let t = e
+        .submit(json!({"type": "echo", "payload": {"a": [1, 2]}, "priority": "high"}))
+        .await;
     assert!(e.poll(Priority::High).await.is_empty());
     let done = e.task(&t).await;
     assert_eq!(done.status, Status::Succeeded);
     assert_eq!(done.result, Some(json!({"a": [1, 2]})));
     assert_eq!(done.attempts, 1);
-    assert_eq!(kinds(&done), [EventKind::Submitted, EventKind::Started, EventKind::Succeeded]);
+    assert_eq!(
+        kinds(&done),
+        [EventKind::Submitted, EventKind::Started, EventKind::Succeeded]
+    );
     assert_eq!(e.queue.depth(Priority::High), 0, "the message was deleted");
 }
 
 #[tokio::test]
 async fn fail_twice_with_three_attempts_succeeds_on_the_third() {
     let e = env();
-    let t = e.submit(json!({"type": "fail", "payload": {"times": 2}, "max_attempts": 3})).await;
+    let t = e
+        .submit(json!({"type": "fail", "payload": {"times": 2}, "max_attempts": 3}))
+        .await;
     let done = e.settle(&t).await;
     assert_eq!((done.status, done.attempts), (Status::Succeeded, 3));
     assert_eq!(done.result, Some(json!({"attempt": 3})));
     use EventKind::*;
-    assert_eq!(kinds(&done), [Submitted, Started, RetryScheduled, Started, RetryScheduled, Started, Succeeded]);
+    assert_eq!(
+        kinds(&done),
+        [
+            Submitted,
+            Started,
+            RetryScheduled,
+            Started,
+            RetryScheduled,
+            Started,
+            Succeeded
+        ]
+    );
 }
 
 #[tokio::test]
 async fn fail_five_times_with_three_attempts_fails_after_three() {
     let e = env();
-    let t = e.submit(json!({"type": "fail", "payload": {"times": 5}, "max_attempts": 3})).await;
+    let t = e
+        .submit(json!({"type": "fail", "payload": {"times": 5}, "max_attempts": 3}))
+        .await;
     let done = e.settle(&t).await;
     assert_eq!((done.status, done.attempts), (Status::Failed, 3));
     assert_eq!(done.error.as_ref().unwrap().kind, "deliberate_failure");
@@ -181,16 +207,30 @@ async fn a_retry_is_delayed_by_backoff_through_the_message_visibility() {
         e.store.clone(),
         e.queue.clone(),
         Registry::with_builtins(),
-        WorkerConfig { retry_base: Duration::from_secs(2), ..WorkerConfig::default() },
+        WorkerConfig {
+            retry_base: Duration::from_secs(2),
+            ..WorkerConfig::default()
+        },
     );
     let t = e.submit(json!({"type": "fail", "payload": {"times": 1}})).await;
-    assert_eq!(e.poll(Priority::Normal).await.len(), 1, "a retried record is reported as failed");
+    assert_eq!(
+        e.poll(Priority::Normal).await.len(),
+        1,
+        "a retried record is reported as failed"
+    );
     let queued = e.task(&t).await;
     assert_eq!(queued.status, Status::Queued);
     let run_at = queued.run_at.unwrap();
     let wait = (run_at - Utc::now()).num_milliseconds();
     assert!((500..=2100).contains(&wait), "first retry 1-2 s away, was {wait} ms");
-    assert!(e.queue.receive(Priority::Normal, 10, Duration::ZERO).await.unwrap().is_empty(), "hidden until then");
+    assert!(
+        e.queue
+            .receive(Priority::Normal, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty(),
+        "hidden until then"
+    );
 }
 
 #[tokio::test]
@@ -206,13 +246,26 @@ async fn a_duplicate_delivery_runs_no_second_transition() {
     let mut twice = got.clone();
     twice.push(got[0].clone());
     twice[1].message_id = "duplicate".into();
-    let res = e.worker.process_batch(taskq_worker::sqs::event_from(Priority::Normal, twice), later()).await;
+    let res = e
+        .worker
+        .process_batch(taskq_worker::sqs::event_from(Priority::Normal, twice), later())
+        .await;
     assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
-    assert_eq!(res.batch_item_failures.len(), 1, "the duplicate backs off while the lease is held");
+    assert_eq!(
+        res.batch_item_failures.len(),
+        1,
+        "the duplicate backs off while the lease is held"
+    );
     let done = e.task(&t).await;
-    assert_eq!(kinds(&done), [EventKind::Submitted, EventKind::Started, EventKind::Succeeded]);
+    assert_eq!(
+        kinds(&done),
+        [EventKind::Submitted, EventKind::Started, EventKind::Succeeded]
+    );
     // A late redelivery of a finished task is acknowledged without effect.
-    let again = e.worker.process_batch(taskq_worker::sqs::event_from(Priority::Normal, got), later()).await;
+    let again = e
+        .worker
+        .process_batch(taskq_worker::sqs::event_from(Priority::Normal, got), later())
+        .await;
     assert!(again.batch_item_failures.is_empty());
     assert_eq!(e.task(&t).await, done);
     assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -223,9 +276,11 @@ async fn an_expired_lease_is_taken_over_as_the_next_attempt() {
     let e = env();
     let t = e.submit(json!({"type": "echo", "payload": 7})).await;
     // A worker started it and died: its lease is in the past.
-    let start = Transition::Start { lease_until: Utc::now() - chrono::Duration::seconds(1) }
-        .plan(Snapshot::from(&t), Utc::now())
-        .unwrap();
+    let start = Transition::Start {
+        lease_until: Utc::now() - chrono::Duration::seconds(1),
+    }
+    .plan(Snapshot::from(&t), Utc::now())
+    .unwrap();
     e.store.apply("u1", t.id, &start).await.unwrap();
     let done = e.settle(&t).await;
     assert_eq!((done.status, done.attempts), (Status::Succeeded, 2));
@@ -249,7 +304,9 @@ async fn a_panicking_handler_fails_its_record_only() {
 #[tokio::test]
 async fn a_handler_past_its_timeout_is_stopped_and_retried() {
     let e = env();
-    let t = e.submit(json!({"type": "sleep", "payload": {"ms": 5000}, "timeout_seconds": 1, "max_attempts": 1})).await;
+    let t = e
+        .submit(json!({"type": "sleep", "payload": {"ms": 5000}, "timeout_seconds": 1, "max_attempts": 1}))
+        .await;
     let started = std::time::Instant::now();
     e.poll(Priority::Normal).await;
     assert!(started.elapsed() < Duration::from_secs(3));
@@ -265,7 +322,11 @@ async fn bad_payloads_and_unknown_types_fail_at_once_without_retry() {
     let b = e.submit(json!({"type": "no-such-type"})).await;
     let c = e.submit(json!({"type": "huge"})).await;
     e.poll(Priority::Normal).await;
-    for (t, kind) in [(a, "invalid_payload"), (b, "unknown_task_type"), (c, "result_too_large")] {
+    for (t, kind) in [
+        (a, "invalid_payload"),
+        (b, "unknown_task_type"),
+        (c, "result_too_large"),
+    ] {
         let t = e.task(&t).await;
         assert_eq!((t.status, t.attempts), (Status::Failed, 1));
         assert_eq!(t.error.unwrap().kind, kind);
@@ -279,7 +340,10 @@ async fn records_are_not_started_when_the_deadline_is_near() {
     let got = e.queue.receive(Priority::Normal, 10, Duration::ZERO).await.unwrap();
     let res = e
         .worker
-        .process_batch(taskq_worker::sqs::event_from(Priority::Normal, got), Instant::now() + Duration::from_secs(1))
+        .process_batch(
+            taskq_worker::sqs::event_from(Priority::Normal, got),
+            Instant::now() + Duration::from_secs(1),
+        )
         .await;
     assert_eq!(res.batch_item_failures.len(), 1);
     let untouched = e.task(&t).await;
@@ -290,16 +354,21 @@ async fn records_are_not_started_when_the_deadline_is_near() {
 async fn cancellation_requested_while_running_stops_retries() {
     let e = env();
     let t = e.submit(json!({"type": "fail", "payload": {"times": 1}})).await;
-    let start = Transition::Start { lease_until: Utc::now() + chrono::Duration::seconds(60) }
-        .plan(Snapshot::from(&t), Utc::now())
-        .unwrap();
+    let start = Transition::Start {
+        lease_until: Utc::now() + chrono::Duration::seconds(60),
+    }
+    .plan(Snapshot::from(&t), Utc::now())
+    .unwrap();
     let running = e.store.apply("u1", t.id, &start).await.unwrap();
     let (after, cancelled) = e.service.cancel("u1", t.id).await.unwrap();
     assert!(!cancelled && after.cancel_requested);
     // The next delivery finds cancel_requested at its start and cancels instead of running.
-    let back = Transition::Retry { error: taskq_core::TaskFailure::new("x", "y"), run_at: Utc::now() }
-        .plan(Snapshot::from(&after), Utc::now())
-        .unwrap();
+    let back = Transition::Retry {
+        error: taskq_core::TaskFailure::new("x", "y"),
+        run_at: Utc::now(),
+    }
+    .plan(Snapshot::from(&after), Utc::now())
+    .unwrap();
     e.store.apply("u1", running.id, &back).await.unwrap();
     let done = e.settle(&t).await;
     assert_eq!(done.status, Status::Cancelled);
@@ -311,7 +380,10 @@ mod webhook {
 
     async fn receiver() -> String {
         let app = axum::Router::new()
-            .route("/ok", post(|body: String| async move { axum::Json(json!({"got": body})) }))
+            .route(
+                "/ok",
+                post(|body: String| async move { axum::Json(json!({"got": body})) }),
+            )
             .route("/down", post(|| async { (http_status(503), "try later") }))
             .route("/gone", post(|| async { (http_status(404), "no such hook") }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -328,16 +400,23 @@ mod webhook {
     async fn webhook_calls_the_url_and_classifies_failures() {
         let base = receiver().await;
         let e = env();
-        let ok = e.submit(json!({"type": "webhook", "payload": {"url": format!("{base}/ok"), "body": {"hi": 1}}})).await;
+        let ok = e
+            .submit(json!({"type": "webhook", "payload": {"url": format!("{base}/ok"), "body": {"hi": 1}}}))
+            .await;
         let down = e.submit(json!({"type": "webhook", "payload": {"url": format!("{base}/down"), "method": "post"}, "max_attempts": 2})).await;
         let gone = e.submit(json!({"type": "webhook", "payload": {"url": format!("{base}/gone"), "method": "POST"}, "max_attempts": 3})).await;
-        let bad = e.submit(json!({"type": "webhook", "payload": {"url": "ftp://example.com/x"}})).await;
+        let bad = e
+            .submit(json!({"type": "webhook", "payload": {"url": "ftp://example.com/x"}}))
+            .await;
         for t in [&ok, &down, &gone, &bad] {
             e.settle(t).await;
         }
         let ok = e.task(&ok).await;
         assert_eq!(ok.status, Status::Succeeded);
-        assert_eq!(ok.result.unwrap(), json!({"status": 200, "body": {"got": "{\"hi\":1}"}}));
+        assert_eq!(
+            ok.result.unwrap(),
+            json!({"status": 200, "body": {"got": "{\"hi\":1}"}})
+        );
         let down = e.task(&down).await;
         assert_eq!((down.status, down.attempts), (Status::Failed, 2), "5xx is retried");
         assert!(down.error.unwrap().message.contains("503"));

@@ -72,16 +72,20 @@ impl TaskStore for MemoryTaskStore {
     async fn list(&self, user_id: &str, query: &ListQuery) -> Result<TaskPage, StoreError> {
         let users = self.lock();
         let Some(user) = users.get(user_id) else {
-            return Ok(TaskPage { tasks: vec![], next: None });
+            return Ok(TaskPage {
+                tasks: vec![],
+                next: None,
+            });
         };
         let range = match query.after {
             Some(after) => user.tasks.range(..after),
             None => user.tasks.range(..),
         };
         let limit = query.limit.max(1) as usize;
-        let mut matching = range.rev().map(|(_, t)| t).filter(|t| {
-            query.status.is_none_or(|s| t.status == s) && query.priority.is_none_or(|p| t.priority == p)
-        });
+        let mut matching = range
+            .rev()
+            .map(|(_, t)| t)
+            .filter(|t| query.status.is_none_or(|s| t.status == s) && query.priority.is_none_or(|p| t.priority == p));
         let tasks: Vec<Task> = matching.by_ref().take(limit).cloned().collect();
         // Like DynamoDB, a full page says "there may be more" without looking further.
         let next = (tasks.len() == limit).then(|| tasks[limit - 1].id);
