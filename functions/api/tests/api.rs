@@ -760,5 +760,18 @@ mod lambda {
         ours["requestContext"]["authorizer"]["jwt"]["claims"]["sub"] = json!("fixture-user");
         let (status, list) = invoke(&app, ours).await;
         assert_eq!((status, list["tasks"].clone()), (200, json!([])));
+
+        // Without an authorizer context, the bearer token is verified by the service itself.
+        let mut bare = event("fixtures/example-apigw-v2-request-no-authorizer.json");
+        bare["rawPath"] = json!("/v1/tasks");
+        bare["rawQueryString"] = json!("");
+        bare["queryStringParameters"] = json!({});
+        bare["requestContext"]["http"]["method"] = json!("GET");
+        bare["requestContext"]["http"]["path"] = json!("/v1/tasks");
+        let (status, _) = invoke(&app, bare.clone()).await;
+        assert_eq!(status, 401);
+        bare["headers"]["authorization"] = json!(format!("Bearer {}", token("bearer-user")));
+        let (status, _) = invoke(&app, bare).await;
+        assert_eq!(status, 200);
     }
 }
