@@ -11,10 +11,13 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
 use taskq_core::transition::Field;
-use taskq_core::{Created, IdempotencyClaim, ListQuery, StateChange, StoreError, Task, TaskId, TaskPage, TaskStore};
+use taskq_core::{
+    active_shard, ActivePage, ActiveQuery, Created, IdempotencyClaim, ListQuery, StateChange, StoreError, Task, TaskId,
+    TaskPage, TaskStore,
+};
 use tracing::instrument;
 
-use crate::item::{self, Item, STATUS_INDEX};
+use crate::item::{self, Item, ACTIVE_INDEX, STATUS_INDEX};
 
 #[derive(Clone, Debug)]
 pub struct DynamoDbTaskStore {
@@ -216,9 +219,44 @@ impl TaskStore for DynamoDbTaskStore {
         Ok(TaskPage { tasks, next })
     }
 
+    #[instrument(skip_all, fields(priority = %query.priority, shard = query.shard), err(Debug))]
+    async fn active(&self, query: &ActiveQuery) -> Result<ActivePage, StoreError> {
+        let limit = query.limit.max(1) as usize;
+        let pk = item::active_pk(query.priority, query.shard);
+        let mut start: Option<Item> = None;
+        let mut tasks = Vec::with_capacity(limit);
+        loop {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(ACTIVE_INDEX)
+                .expression_attribute_values(":pk", AttributeValue::S(pk.clone()))
+                .limit((limit - tasks.len()) as i32)
+                .set_exclusive_start_key(start.take());
+            // The cursor is a position in the sort key, so it needs no base-table key.
+            q = match query.after {
+                Some(after) => q
+                    .key_condition_expression("gsi2pk = :pk AND gsi2sk > :after")
+                    .expression_attribute_values(":after", AttributeValue::S(item::task_sk(after))),
+                None => q.key_condition_expression("gsi2pk = :pk"),
+            };
+            let out = q.send().await.map_err(store_error)?;
+            for i in out.items.unwrap_or_default() {
+                tasks.push(item::active_from_item(i).map_err(|e| StoreError::Unavailable(e.into()))?);
+            }
+            match out.last_evaluated_key {
+                Some(k) if tasks.len() < limit => start = Some(k),
+                _ => break,
+            }
+        }
+        let next = (tasks.len() == limit).then(|| tasks[limit - 1].id);
+        Ok(ActivePage { tasks, next })
+    }
+
     #[instrument(skip_all, fields(task_id = %id, to = %change.status), err(Debug))]
     async fn apply(&self, user_id: &str, id: TaskId, change: &StateChange) -> Result<Task, StoreError> {
-        let u = Update::from_change(user_id, change).map_err(|e| StoreError::Unavailable(e.into()))?;
+        let u = Update::from_change(user_id, id, change).map_err(|e| StoreError::Unavailable(e.into()))?;
         let result = self
             .client
             .update_item()
@@ -268,7 +306,7 @@ struct Update {
 }
 
 impl Update {
-    fn from_change(user_id: &str, c: &StateChange) -> Result<Self, item::ItemError> {
+    fn from_change(user_id: &str, id: TaskId, c: &StateChange) -> Result<Self, item::ItemError> {
         let mut u = Update {
             set: vec![],
             remove: vec![],
@@ -283,6 +321,14 @@ impl Update {
         u.assign("gsi1pk", s(&item::status_pk(user_id, c.status)));
         u.assign("attempts", n(c.attempts));
         u.assign("updated_at", time(c.updated_at));
+        // The sparse index of unfinished tasks: leave it when terminal, (re)join otherwise.
+        if c.status.is_terminal() {
+            u.field::<()>("gsi2pk", &Field::Clear, |_| AttributeValue::Null(true));
+            u.field::<()>("gsi2sk", &Field::Clear, |_| AttributeValue::Null(true));
+        } else if c.expect_status.is_terminal() {
+            u.assign("gsi2pk", s(&item::active_pk(c.priority, active_shard(id))));
+            u.assign("gsi2sk", s(&item::task_sk(id)));
+        }
         u.field("started_at", &c.started_at, |t| time(*t));
         u.field("finished_at", &c.finished_at, |t| time(*t));
         u.field("run_at", &c.run_at, |t| time(*t));

@@ -5,6 +5,9 @@
 //! | task        | `U#<user>`  | `T#<id>`     | `U#<user>#<status>`        | `T#<id>`|
 //! | idempotency | `U#<user>`  | `I#<key>`    | -                          | -       |
 //!
+//! Unfinished tasks also carry `gsi2pk = A#<priority>#<shard>`, `gsi2sk = T#<id>` for the sparse
+//! index `active` (terminal tasks drop them), which the sweeper and admin views read.
+//!
 //! Payload and result are stored as JSON text: DynamoDB's number and map types would not
 //! round-trip every JSON value exactly (big integers, key order, empty keys).
 
@@ -18,6 +21,24 @@ use taskq_core::{Priority, Status, Task, TaskEvent, TaskFailure, TaskId, TaskTyp
 pub type Item = HashMap<String, AttributeValue>;
 
 pub const STATUS_INDEX: &str = "by-status";
+pub const ACTIVE_INDEX: &str = "active";
+/// Attributes the `active` index projects besides the keys (see [`ActiveItem`]).
+pub const ACTIVE_PROJECTION: &[&str] = &[
+    "id",
+    "user_id",
+    "priority",
+    "status",
+    "attempts",
+    "max_attempts",
+    "timeout_seconds",
+    "updated_at",
+    "run_at",
+    "lease_until",
+];
+
+pub fn active_pk(priority: Priority, shard: u8) -> String {
+    format!("A#{priority}#{shard}")
+}
 
 pub fn pk(user_id: &str) -> String {
     format!("U#{user_id}")
@@ -38,6 +59,10 @@ struct TaskItem {
     sk: String,
     gsi1pk: String,
     gsi1sk: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gsi2pk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gsi2sk: Option<String>,
     id: String,
     user_id: String,
     #[serde(rename = "type")]
@@ -115,6 +140,8 @@ pub fn to_item(task: &Task) -> Result<Item, ItemError> {
         sk: task_sk(task.id),
         gsi1pk: status_pk(&task.user_id, task.status),
         gsi1sk: task_sk(task.id),
+        gsi2pk: (!task.status.is_terminal()).then(|| active_pk(task.priority, taskq_core::active_shard(task.id))),
+        gsi2sk: (!task.status.is_terminal()).then(|| task_sk(task.id)),
         id: task.id.to_string(),
         user_id: task.user_id.clone(),
         task_type: task.task_type.as_str().to_owned(),
@@ -147,6 +174,39 @@ pub fn to_item(task: &Task) -> Result<Item, ItemError> {
             .collect(),
     };
     Ok(serde_dynamo::to_item(item)?)
+}
+
+/// A task as the `active` index projects it.
+#[derive(Debug, Deserialize)]
+struct ActiveItem {
+    id: String,
+    user_id: String,
+    priority: Priority,
+    status: Status,
+    attempts: u32,
+    max_attempts: u32,
+    timeout_seconds: u32,
+    updated_at: DateTime<Utc>,
+    #[serde(default)]
+    run_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    lease_until: Option<DateTime<Utc>>,
+}
+
+pub fn active_from_item(item: Item) -> Result<taskq_core::ActiveTask, ItemError> {
+    let it: ActiveItem = serde_dynamo::from_item(item)?;
+    Ok(taskq_core::ActiveTask {
+        id: it.id.parse().map_err(|_| ItemError::Field("id"))?,
+        user_id: it.user_id,
+        priority: it.priority,
+        status: it.status,
+        attempts: it.attempts,
+        max_attempts: it.max_attempts,
+        timeout_seconds: it.timeout_seconds,
+        updated_at: it.updated_at,
+        run_at: it.run_at,
+        lease_until: it.lease_until,
+    })
 }
 
 pub fn from_item(item: Item) -> Result<Task, ItemError> {

@@ -8,8 +8,8 @@ use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry};
 use aws_sdk_sqs::Client;
 use chrono::{TimeZone, Utc};
-use taskq_core::{Delivery, Priority, QueueError, TaskMessage, TaskQueue};
-use tracing::instrument;
+use taskq_core::{Delivery, Priority, QueueError, QueueStats, RedrivePath, TaskMessage, TaskQueue};
+use tracing::{instrument, warn};
 
 use crate::config::{index, QueueUrls};
 
@@ -31,6 +31,83 @@ impl SqsTaskQueue {
 
     pub fn urls(&self) -> &QueueUrls {
         &self.urls
+    }
+
+    fn dead_letter_url(&self, p: Priority) -> Result<&str, QueueError> {
+        self.urls.dead_letter[index(p)]
+            .as_deref()
+            .ok_or_else(|| QueueError::Unavailable(format!("no dead-letter queue configured for {p}").into()))
+    }
+
+    async fn receive_from(
+        &self,
+        url: &str,
+        max: usize,
+        wait: Duration,
+        visibility: Option<Duration>,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(max.clamp(1, SQS_BATCH) as i32)
+            .wait_time_seconds(wait.as_secs().min(20) as i32)
+            .set_visibility_timeout(visibility.map(|v| secs(v.min(MAX_VISIBILITY))))
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .map_err(queue_error)?;
+        Ok(out
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| {
+                let attr = |name: MessageSystemAttributeName| m.attributes.as_ref().and_then(|a| a.get(&name).cloned());
+                let sent_ms: i64 = attr(MessageSystemAttributeName::SentTimestamp)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                Delivery {
+                    message_id: m.message_id.clone().unwrap_or_default(),
+                    receipt: m.receipt_handle.clone().unwrap_or_default(),
+                    body: m.body.clone().unwrap_or_default(),
+                    receive_count: attr(MessageSystemAttributeName::ApproximateReceiveCount)
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(1),
+                    sent_at: Utc.timestamp_millis_opt(sent_ms).single().unwrap_or_else(Utc::now),
+                    group_id: attr(MessageSystemAttributeName::MessageGroupId),
+                }
+            })
+            .collect())
+    }
+
+    async fn arn(&self, url: &str) -> Result<String, QueueError> {
+        self.client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(queue_error)?
+            .attributes
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+            .ok_or_else(|| QueueError::Unavailable(format!("{url} has no QueueArn").into()))
+    }
+
+    async fn counts(&self, url: &str, names: &[QueueAttributeName]) -> Result<Vec<u64>, QueueError> {
+        let attrs = self
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .set_attribute_names(Some(names.to_vec()))
+            .send()
+            .await
+            .map_err(queue_error)?
+            .attributes
+            .unwrap_or_default();
+        Ok(names
+            .iter()
+            .map(|n| attrs.get(n).and_then(|v| v.parse().ok()).unwrap_or(0))
+            .collect())
     }
 }
 
@@ -140,37 +217,7 @@ impl TaskQueue for SqsTaskQueue {
     }
 
     async fn receive(&self, p: Priority, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
-        let out = self
-            .client
-            .receive_message()
-            .queue_url(self.urls.url(p))
-            .max_number_of_messages(max.clamp(1, SQS_BATCH) as i32)
-            .wait_time_seconds(wait.as_secs().min(20) as i32)
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .send()
-            .await
-            .map_err(queue_error)?;
-        Ok(out
-            .messages
-            .unwrap_or_default()
-            .into_iter()
-            .map(|m| {
-                let attr = |name: MessageSystemAttributeName| m.attributes.as_ref().and_then(|a| a.get(&name).cloned());
-                let sent_ms: i64 = attr(MessageSystemAttributeName::SentTimestamp)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                Delivery {
-                    message_id: m.message_id.clone().unwrap_or_default(),
-                    receipt: m.receipt_handle.clone().unwrap_or_default(),
-                    body: m.body.clone().unwrap_or_default(),
-                    receive_count: attr(MessageSystemAttributeName::ApproximateReceiveCount)
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(1),
-                    sent_at: Utc.timestamp_millis_opt(sent_ms).single().unwrap_or_else(Utc::now),
-                    group_id: attr(MessageSystemAttributeName::MessageGroupId),
-                }
-            })
-            .collect())
+        self.receive_from(self.urls.url(p), max, wait, None).await
     }
 
     async fn delete(&self, p: Priority, receipt: &str) -> Result<(), QueueError> {
@@ -185,25 +232,88 @@ impl TaskQueue for SqsTaskQueue {
     }
 
     async fn dead_letter_depth(&self, p: Priority) -> Result<u64, QueueError> {
-        let Some(url) = self.urls.dead_letter[index(p)].as_deref() else {
-            return Err(QueueError::Unavailable(
-                format!("no dead-letter queue configured for {p}").into(),
-            ));
-        };
-        let out = self
+        let url = self.dead_letter_url(p)?;
+        Ok(self.counts(url, &[QueueAttributeName::ApproximateNumberOfMessages]).await?[0])
+    }
+
+    async fn receive_dead_letters(
+        &self,
+        p: Priority,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let url = self.dead_letter_url(p)?;
+        self.receive_from(url, max, Duration::ZERO, Some(visibility)).await
+    }
+
+    #[instrument(skip_all, fields(priority = %p, count = received.len()), err(Debug))]
+    async fn redrive(&self, p: Priority, received: &[Delivery]) -> Result<RedrivePath, QueueError> {
+        let dlq = self.dead_letter_url(p)?;
+        let queue = self.urls.url(p);
+        let moved = self
             .client
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .start_message_move_task()
+            .source_arn(self.arn(dlq).await?)
+            .destination_arn(self.arn(queue).await?)
             .send()
-            .await
-            .map_err(queue_error)?;
-        Ok(out
-            .attributes
-            .and_then(|a| {
-                a.get(&QueueAttributeName::ApproximateNumberOfMessages)
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0))
+            .await;
+        match moved {
+            Ok(_) => {
+                // The move task takes visible messages: give back the ones received.
+                for d in received {
+                    self.client
+                        .change_message_visibility()
+                        .queue_url(dlq)
+                        .receipt_handle(&d.receipt)
+                        .visibility_timeout(0)
+                        .send()
+                        .await
+                        .map_err(queue_error)?;
+                }
+                Ok(RedrivePath::StartMessageMoveTask)
+            }
+            Err(e) => {
+                warn!(error = %queue_error(e), "StartMessageMoveTask failed; moving messages one by one");
+                for d in received {
+                    let mut send = self.client.send_message().queue_url(queue).message_body(&d.body);
+                    if let Some(g) = &d.group_id {
+                        send = send.message_group_id(g);
+                    }
+                    send.send().await.map_err(queue_error)?;
+                    self.client
+                        .delete_message()
+                        .queue_url(dlq)
+                        .receipt_handle(&d.receipt)
+                        .send()
+                        .await
+                        .map_err(queue_error)?;
+                }
+                Ok(RedrivePath::ReceiveAndSend)
+            }
+        }
+    }
+
+    async fn stats(&self, p: Priority) -> Result<QueueStats, QueueError> {
+        use QueueAttributeName::*;
+        let c = self
+            .counts(
+                self.urls.url(p),
+                &[
+                    ApproximateNumberOfMessages,
+                    ApproximateNumberOfMessagesNotVisible,
+                    ApproximateNumberOfMessagesDelayed,
+                ],
+            )
+            .await?;
+        let dead_letters = match self.urls.dead_letter[index(p)].as_deref() {
+            Some(url) => self.counts(url, &[ApproximateNumberOfMessages]).await?[0],
+            None => 0,
+        };
+        Ok(QueueStats {
+            visible: c[0],
+            in_flight: c[1],
+            delayed: c[2],
+            dead_letters,
+        })
     }
 }

@@ -8,7 +8,7 @@ use chrono::Utc;
 use serde_json::json;
 use taskq_core::memory::{MemoryQueueConfig, MemoryTaskQueue, MemoryTaskStore};
 use taskq_core::{
-    Created, EventKind, IdempotencyClaim, ListQuery, NewTask, Priority, Snapshot, Status, StoreError, TaskMessage,
+    ActiveQuery, Created, RedrivePath, ACTIVE_SHARDS, EventKind, IdempotencyClaim, ListQuery, NewTask, Priority, Snapshot, Status, StoreError, TaskMessage,
     TaskQueue, TaskService, TaskStore, Transition,
 };
 
@@ -66,6 +66,9 @@ contract!(
     queue_delays_messages,
     queue_batches_across_priorities,
     queue_rejects_a_stale_receipt,
+    active_index_holds_unfinished_tasks_only,
+    dead_letters_are_received_and_redriven,
+    queue_stats_count_visible_in_flight_delayed_and_dead,
 );
 
 fn new_task(t: &str, priority: &str) -> NewTask {
@@ -503,4 +506,95 @@ async fn queue_rejects_a_stale_receipt(b: Backends) {
         .change_visibility(Priority::Normal, &got[0].receipt, Duration::from_secs(5))
         .await
         .is_err());
+}
+
+async fn all_active(b: &Backends, p: Priority) -> Vec<taskq_core::ActiveTask> {
+    let mut out = Vec::new();
+    for shard in 0..ACTIVE_SHARDS {
+        let mut q = ActiveQuery { priority: p, shard, limit: 2, after: None };
+        loop {
+            let page = b.store.active(&q).await.unwrap();
+            assert!(page.tasks.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
+            out.extend(page.tasks);
+            match page.next {
+                Some(n) => q.after = Some(n),
+                None => break,
+            }
+        }
+    }
+    out.sort_by_key(|t| t.id);
+    out
+}
+
+async fn active_index_holds_unfinished_tasks_only(b: Backends) {
+    let mut tasks = Vec::new();
+    for user in ["u1", "u2", "u3", "u4", "u5", "u6"] {
+        tasks.push(submit(&b, user, "high").await);
+    }
+    submit(&b, "u1", "low").await;
+    // One finished, one running, one dead.
+    let now = Utc::now();
+    let c = Transition::Cancel { error: None }.plan(Snapshot::from(&tasks[0]), now).unwrap();
+    b.store.apply("u1", tasks[0].id, &c).await.unwrap();
+    let c = Transition::Start { lease_until: now }.plan(Snapshot::from(&tasks[1]), now).unwrap();
+    let running = b.store.apply("u2", tasks[1].id, &c).await.unwrap();
+    let c = Transition::Dead { detail: "dlq".into() }.plan(Snapshot::from(&tasks[2]), now).unwrap();
+    let dead = b.store.apply("u3", tasks[2].id, &c).await.unwrap();
+
+    let active = all_active(&b, Priority::High).await;
+    let ids: Vec<_> = active.iter().map(|t| t.id).collect();
+    assert_eq!(ids, [tasks[1].id, tasks[3].id, tasks[4].id, tasks[5].id]);
+    let r = &active[0];
+    assert_eq!((r.status, r.attempts, r.user_id.as_str()), (Status::Running, 1, "u2"));
+    assert_eq!(r.lease_until, running.lease_until);
+    assert_eq!(r.message().task_id, running.id);
+    assert_eq!(all_active(&b, Priority::Low).await.len(), 1);
+
+    // A redriven task joins the index again.
+    let c = Transition::Revive.plan(Snapshot::from(&dead), Utc::now()).unwrap();
+    let revived = b.store.apply("u3", dead.id, &c).await.unwrap();
+    assert_eq!((revived.status, revived.attempts), (Status::Queued, 0));
+    assert!(all_active(&b, Priority::High).await.iter().any(|t| t.id == dead.id));
+}
+
+async fn dead_letter(b: &Backends, p: Priority, m: &TaskMessage) {
+    b.queue.send(m, Duration::ZERO).await.unwrap();
+    for _ in 0..MAX_RECEIVES {
+        let got = receive_all(b, p, 1).await;
+        b.queue.change_visibility(p, &got[0].receipt, Duration::ZERO).await.unwrap();
+    }
+    assert!(b.queue.receive(p, 10, Duration::from_millis(300)).await.unwrap().is_empty());
+}
+
+async fn dead_letters_are_received_and_redriven(b: Backends) {
+    let m = message("lee", Priority::Normal);
+    dead_letter(&b, Priority::Normal, &m).await;
+    let dead = b.queue.receive_dead_letters(Priority::Normal, 10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(serde_json::from_str::<TaskMessage>(&dead[0].body).unwrap(), m);
+    assert!(
+        b.queue.receive_dead_letters(Priority::Normal, 10, Duration::from_secs(30)).await.unwrap().is_empty(),
+        "received dead letters are hidden"
+    );
+    let path = b.queue.redrive(Priority::Normal, &dead).await.unwrap();
+    eprintln!("redrive path: {path:?}");
+    assert!(matches!(path, RedrivePath::Memory | RedrivePath::ReceiveAndSend | RedrivePath::StartMessageMoveTask));
+    let back = receive_all(&b, Priority::Normal, 1).await;
+    assert_eq!(back.len(), 1, "the message is back on its queue");
+    assert_eq!(serde_json::from_str::<TaskMessage>(&back[0].body).unwrap(), m);
+    assert_eq!(back[0].group_id.as_deref(), Some("lee"));
+    assert_eq!(b.queue.dead_letter_depth(Priority::Normal).await.unwrap(), 0);
+}
+
+async fn queue_stats_count_visible_in_flight_delayed_and_dead(b: Backends) {
+    let p = Priority::Low;
+    dead_letter(&b, p, &message("max", p)).await;
+    for _ in 0..3 {
+        b.queue.send(&message("max", p), Duration::ZERO).await.unwrap();
+    }
+    b.queue.send(&message("max", p), Duration::from_secs(60)).await.unwrap();
+    let got = b.queue.receive(p, 1, Duration::from_millis(500)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    let stats = b.queue.stats(p).await.unwrap();
+    assert_eq!(stats, taskq_core::QueueStats { visible: 2, in_flight: 1, delayed: 1, dead_letters: 1 });
 }

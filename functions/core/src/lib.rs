@@ -11,9 +11,10 @@ pub mod task;
 pub mod transition;
 
 pub use ports::{
-    Created, Delivery, IdempotencyClaim, ListQuery, QueueError, StoreError, TaskMessage, TaskPage, TaskQueue, TaskStore,
+    ActivePage, ActiveQuery, ActiveTask, Created, Delivery, IdempotencyClaim, ListQuery, QueueError, QueueStats, RedrivePath, StoreError,
+    TaskMessage, TaskPage, TaskQueue, TaskStore,
 };
 pub use service::{ServiceError, Submitted, TaskService};
 pub use submit::{FieldError, NewTask};
-pub use task::{EventKind, Priority, Status, Task, TaskEvent, TaskFailure, TaskId, TaskType};
+pub use task::{active_shard, EventKind, ACTIVE_SHARDS, Priority, Status, Task, TaskEvent, TaskFailure, TaskId, TaskType};
 pub use transition::{InvalidTransition, Snapshot, StateChange, Transition};

@@ -69,6 +69,65 @@ pub struct TaskPage {
     pub next: Option<TaskId>,
 }
 
+/// What the index of unfinished tasks holds of each: enough for the sweeper to decide, small
+/// enough that keeping the index costs one small write per state change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveTask {
+    pub id: TaskId,
+    pub user_id: String,
+    pub priority: Priority,
+    pub status: Status,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub timeout_seconds: u32,
+    pub updated_at: DateTime<Utc>,
+    pub run_at: Option<DateTime<Utc>>,
+    pub lease_until: Option<DateTime<Utc>>,
+}
+
+impl From<&Task> for ActiveTask {
+    fn from(t: &Task) -> Self {
+        Self {
+            id: t.id,
+            user_id: t.user_id.clone(),
+            priority: t.priority,
+            status: t.status,
+            attempts: t.attempts,
+            max_attempts: t.max_attempts,
+            timeout_seconds: t.timeout_seconds,
+            updated_at: t.updated_at,
+            run_at: t.run_at,
+            lease_until: t.lease_until,
+        }
+    }
+}
+
+impl ActiveTask {
+    pub fn message(&self) -> TaskMessage {
+        TaskMessage {
+            user_id: self.user_id.clone(),
+            task_id: self.id,
+            priority: self.priority,
+            timeout_seconds: self.timeout_seconds,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ActivePage {
+    pub tasks: Vec<ActiveTask>,
+    pub next: Option<TaskId>,
+}
+
+/// Unfinished tasks of one priority and shard, across users, oldest first (sweeper, admin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveQuery {
+    pub priority: Priority,
+    pub shard: u8,
+    pub limit: u32,
+    pub after: Option<TaskId>,
+}
+
 #[async_trait]
 pub trait TaskStore: Send + Sync + 'static {
     /// Writes a new task (status queued), and its idempotency key when given, atomically.
@@ -82,6 +141,9 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// Applies `change` if the task is in the state it expects; returns the task after it.
     async fn apply(&self, user_id: &str, id: TaskId, change: &StateChange) -> Result<Task, StoreError>;
+
+    /// Unfinished (queued or running) tasks, from a sparse index that terminal tasks leave.
+    async fn active(&self, query: &ActiveQuery) -> Result<ActivePage, StoreError>;
 }
 
 /// What a queue message carries: keys only. The payload stays in the store.
@@ -128,4 +190,42 @@ pub trait TaskQueue: Send + Sync + 'static {
 
     /// Messages on the priority's dead-letter queue (approximate).
     async fn dead_letter_depth(&self, priority: Priority) -> Result<u64, QueueError>;
+
+    /// Receives from the priority's dead-letter queue, hiding what it returns for `visibility`.
+    async fn receive_dead_letters(
+        &self,
+        priority: Priority,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Delivery>, QueueError>;
+
+    /// Moves dead letters (the ones given, received with [`receive_dead_letters`]) back to the
+    /// priority's queue, and says how.
+    ///
+    /// [`receive_dead_letters`]: TaskQueue::receive_dead_letters
+    async fn redrive(&self, priority: Priority, received: &[Delivery]) -> Result<RedrivePath, QueueError>;
+
+    /// Approximate counts for the admin view.
+    async fn stats(&self, priority: Priority) -> Result<QueueStats, QueueError>;
+}
+
+/// How a redrive moved messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedrivePath {
+    /// SQS's own `StartMessageMoveTask` (asynchronous, on real SQS).
+    StartMessageMoveTask,
+    /// Each message sent to the queue and deleted from the DLQ, where the move task failed
+    /// (moto answers it with HTTP 500).
+    ReceiveAndSend,
+    /// The in-memory queue's direct move.
+    Memory,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    pub visible: u64,
+    pub in_flight: u64,
+    pub delayed: u64,
+    pub dead_letters: u64,
 }

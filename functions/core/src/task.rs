@@ -182,6 +182,19 @@ pub enum EventKind {
     CancelRequested,
     Cancelled,
     Dead,
+    /// The sweeper sent a queued task's message again (it had none, or it was lost).
+    MessageResent,
+    /// An operator moved the task's message back from the dead-letter queue.
+    Redriven,
+}
+
+/// Shards of the index of unfinished tasks: spreading them keeps one priority's writes under a
+/// partition's limit (1,000 WCU/s each, so 8,000 state changes per second per priority).
+pub const ACTIVE_SHARDS: u8 = 8;
+
+/// The shard of the unfinished-task index a task lives in, from its id's random bits.
+pub fn active_shard(id: TaskId) -> u8 {
+    (id.ulid().random() % u128::from(ACTIVE_SHARDS)) as u8
 }
 
 /// A task as clients see it (its JSON is the contract's task object) plus the fields the

@@ -7,11 +7,12 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::task::{EventKind, Status, Task, TaskEvent, TaskFailure};
+use crate::task::{EventKind, Priority, Status, Task, TaskEvent, TaskFailure};
 
 /// What a caller knows of a task's current state: enough to plan a conditional change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Snapshot {
+    pub priority: Priority,
     pub status: Status,
     pub attempts: u32,
     pub max_attempts: u32,
@@ -21,6 +22,7 @@ pub struct Snapshot {
 impl From<&Task> for Snapshot {
     fn from(t: &Task) -> Self {
         Self {
+            priority: t.priority,
             status: t.status,
             attempts: t.attempts,
             max_attempts: t.max_attempts,
@@ -48,6 +50,10 @@ pub enum Transition {
     RequestCancel,
     /// queued | running -> dead: the queue gave up on its message.
     Dead { detail: String },
+    /// queued -> queued: the sweeper re-sends the message of a task stranded without one.
+    Resend { reason: String },
+    /// dead -> queued: the message was redriven from the dead-letter queue; attempts start over.
+    Revive,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -79,6 +85,8 @@ impl<T: Clone> Field<T> {
 /// One conditional write: applied only when the task has `expect_status` and `expect_attempts`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateChange {
+    /// The task's priority (unchanged; stores key indexes by it).
+    pub priority: Priority,
     pub expect_status: Status,
     pub expect_attempts: u32,
     pub status: Status,
@@ -106,6 +114,8 @@ impl Transition {
             Transition::Cancel { .. } => "be cancelled",
             Transition::RequestCancel => "be asked to cancel",
             Transition::Dead { .. } => "be marked dead",
+            Transition::Resend { .. } => "have its message re-sent",
+            Transition::Revive => "be redriven",
         }
     }
 
@@ -121,6 +131,8 @@ impl Transition {
             (Transition::Cancel { .. }, Queued | Running) => Cancelled,
             (Transition::RequestCancel, Running) => Running,
             (Transition::Dead { .. }, Queued | Running) => Dead,
+            (Transition::Resend { .. }, Queued) => Queued,
+            (Transition::Revive, Dead) => Queued,
             _ => {
                 return Err(InvalidTransition {
                     from,
@@ -136,6 +148,7 @@ impl Transition {
         let from = current.status;
         let to = self.target(from)?;
         let mut change = StateChange {
+            priority: current.priority,
             expect_status: from,
             expect_attempts: current.attempts,
             status: to,
@@ -225,6 +238,23 @@ impl Transition {
                 change.event.detail = Some(detail.clone());
                 change.error = Field::Set(TaskFailure::new("dead", detail));
             }
+            Transition::Resend { reason } => {
+                change.event.kind = EventKind::MessageResent;
+                change.event.from = None;
+                change.event.to = None;
+                change.event.detail = Some(reason);
+            }
+            Transition::Revive => {
+                change.event.kind = EventKind::Redriven;
+                change.event.detail = Some(format!("after {} attempts", current.attempts));
+                change.attempts = 0;
+                change.finished_at = Field::Clear;
+                change.started_at = Field::Clear;
+                change.run_at = Field::Clear;
+                change.error = Field::Clear;
+                change.result = Field::Clear;
+                change.cancel_requested = Some(false);
+            }
         }
         Ok(change)
     }
@@ -261,7 +291,9 @@ pub fn is_valid_step(from: Status, to: Status) -> bool {
     use Status::*;
     matches!(
         (from, to),
-        (Queued, Running | Cancelled | Dead) | (Running, Running | Succeeded | Queued | Failed | Cancelled | Dead)
+        (Queued, Running | Cancelled | Dead | Queued)
+            | (Running, Running | Succeeded | Queued | Failed | Cancelled | Dead)
+            | (Dead, Queued)
     )
 }
 
@@ -272,6 +304,7 @@ mod tests {
 
     fn snap(status: Status, attempts: u32) -> Snapshot {
         Snapshot {
+            priority: Priority::Normal,
             status,
             attempts,
             max_attempts: 3,
@@ -295,16 +328,26 @@ mod tests {
             Transition::Cancel { error: None },
             Transition::RequestCancel,
             Transition::Dead { detail: "d".into() },
+            Transition::Resend { reason: "r".into() },
+            Transition::Revive,
         ]
     }
 
     #[test]
-    fn terminal_tasks_never_move() {
+    fn terminal_tasks_never_move_except_dead_ones_redriven() {
         for status in Status::ALL.iter().filter(|s| s.is_terminal()) {
             for t in all_transitions() {
-                assert!(t.plan(snap(*status, 1), Utc::now()).is_err(), "{status} moved");
+                let redrive = *status == Status::Dead && t == Transition::Revive;
+                assert_eq!(t.plan(snap(*status, 1), Utc::now()).is_ok(), redrive, "{status} moved");
             }
         }
+    }
+
+    #[test]
+    fn revive_starts_attempts_over() {
+        let c = Transition::Revive.plan(snap(Status::Dead, 3), Utc::now()).unwrap();
+        assert_eq!((c.status, c.attempts, c.expect_attempts), (Status::Queued, 0, 3));
+        assert_eq!(c.finished_at, Field::Clear);
     }
 
     #[test]
@@ -335,13 +378,15 @@ mod tests {
 
     proptest! {
         #[test]
-        fn planned_changes_are_valid_steps(si in 0usize..6, ti in 0usize..8, attempts in 0u32..5) {
+        fn planned_changes_are_valid_steps(si in 0usize..6, ti in 0usize..10, attempts in 0u32..5) {
             let status = Status::ALL[si];
             let t = all_transitions().swap_remove(ti);
             if let Ok(c) = t.plan(snap(status, attempts), Utc::now()) {
                 prop_assert!(is_valid_step(c.expect_status, c.status));
-                prop_assert!(c.attempts == attempts || c.attempts == attempts + 1);
-                prop_assert_eq!(c.status.is_terminal(), c.finished_at != Field::Keep);
+                let revived = c.event.kind == EventKind::Redriven && c.attempts == 0;
+                prop_assert!(c.attempts == attempts || c.attempts == attempts + 1 || revived);
+                prop_assert_eq!(c.status.is_terminal(), matches!(c.finished_at, Field::Set(_)));
+                prop_assert_eq!(c.expect_status, Status::ALL[si]);
             }
         }
     }

@@ -205,6 +205,7 @@ impl Worker {
         receive_count: u32,
     ) -> Result<Option<Started>, StoreError> {
         let mut current = Snapshot {
+            priority: message.priority,
             status: Status::Queued,
             attempts: receive_count.saturating_sub(1),
             max_attempts: u32::MAX,

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use tokio::sync::Notify;
 
-use crate::ports::{Delivery, QueueError, TaskMessage, TaskQueue};
+use crate::ports::{Delivery, QueueError, QueueStats, RedrivePath, TaskMessage, TaskQueue};
 use crate::task::Priority;
 
 #[derive(Debug, Clone, Copy)]
@@ -40,7 +40,24 @@ struct Message {
 #[derive(Default)]
 struct Queue {
     messages: VecDeque<Message>,
-    dead: Vec<Message>,
+    dead: VecDeque<Message>,
+}
+
+impl Message {
+    fn deliver(&mut self, now: Instant, visibility: Duration) -> Delivery {
+        self.receive_count += 1;
+        self.visible_at = now + visibility;
+        let receipt = format!("{}-{}", self.id, self.receive_count);
+        self.receipt = Some(receipt.clone());
+        Delivery {
+            message_id: self.id.to_string(),
+            receipt,
+            body: self.body.clone(),
+            receive_count: self.receive_count,
+            sent_at: self.sent_at,
+            group_id: Some(self.group_id.clone()),
+        }
+    }
 }
 
 /// Three standard queues and their DLQs in memory, with SQS's at-least-once semantics.
@@ -106,23 +123,16 @@ impl MemoryTaskQueue {
             }
             if m.receive_count >= self.config.max_receive_count {
                 // SQS moves a message to the DLQ when a receive would exceed maxReceiveCount.
-                if let Some(dead) = q.messages.remove(i) {
-                    q.dead.push(dead);
+                if let Some(mut dead) = q.messages.remove(i) {
+                    // A DLQ is a queue of its own: its receive count starts over.
+                    dead.receive_count = 0;
+                    dead.receipt = None;
+                    dead.visible_at = now;
+                    q.dead.push_back(dead);
                 }
                 continue;
             }
-            m.receive_count += 1;
-            m.visible_at = now + self.config.visibility_timeout;
-            let receipt = format!("{}-{}", m.id, m.receive_count);
-            m.receipt = Some(receipt.clone());
-            out.push(Delivery {
-                message_id: m.id.to_string(),
-                receipt,
-                body: m.body.clone(),
-                receive_count: m.receive_count,
-                sent_at: m.sent_at,
-                group_id: Some(m.group_id.clone()),
-            });
+            out.push(m.deliver(now, self.config.visibility_timeout));
             i += 1;
         }
         (out, next_visible)
@@ -195,5 +205,56 @@ impl TaskQueue for MemoryTaskQueue {
 
     async fn dead_letter_depth(&self, p: Priority) -> Result<u64, QueueError> {
         Ok(self.lock(p).dead.len() as u64)
+    }
+
+    async fn receive_dead_letters(
+        &self,
+        p: Priority,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let now = Instant::now();
+        let mut q = self.lock(p);
+        Ok(q.dead
+            .iter_mut()
+            .filter(|m| m.visible_at <= now)
+            .take(max.clamp(1, 10))
+            .map(|m| m.deliver(now, visibility))
+            .collect())
+    }
+
+    async fn redrive(&self, p: Priority, received: &[Delivery]) -> Result<RedrivePath, QueueError> {
+        let now = Instant::now();
+        let mut q = self.lock(p);
+        for d in received {
+            if let Some(pos) = q.dead.iter().position(|m| m.receipt.as_deref() == Some(d.receipt.as_str())) {
+                if let Some(mut m) = q.dead.remove(pos) {
+                    m.receive_count = 0;
+                    m.receipt = None;
+                    m.visible_at = now;
+                    q.messages.push_back(m);
+                }
+            }
+        }
+        drop(q);
+        self.notify[index(p)].notify_waiters();
+        Ok(RedrivePath::Memory)
+    }
+
+    async fn stats(&self, p: Priority) -> Result<QueueStats, QueueError> {
+        let now = Instant::now();
+        let q = self.lock(p);
+        let mut stats = QueueStats {
+            dead_letters: q.dead.len() as u64,
+            ..QueueStats::default()
+        };
+        for m in &q.messages {
+            match (m.visible_at <= now, m.receipt.is_some()) {
+                (true, _) => stats.visible += 1,
+                (false, true) => stats.in_flight += 1,
+                (false, false) => stats.delayed += 1,
+            }
+        }
+        Ok(stats)
     }
 }

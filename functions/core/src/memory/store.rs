@@ -4,8 +4,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::ports::{Created, IdempotencyClaim, ListQuery, StoreError, TaskPage, TaskStore};
-use crate::task::{Task, TaskId};
+use crate::ports::{ActivePage, ActiveQuery, ActiveTask, Created, IdempotencyClaim, ListQuery, StoreError, TaskPage, TaskStore};
+use crate::task::{active_shard, Task, TaskId};
 use crate::transition::StateChange;
 
 #[derive(Default)]
@@ -105,5 +105,24 @@ impl TaskStore for MemoryTaskStore {
         }
         change.apply_to(task);
         Ok(task.clone())
+    }
+
+    async fn active(&self, query: &ActiveQuery) -> Result<ActivePage, StoreError> {
+        let users = self.lock();
+        let mut tasks: Vec<&Task> = users
+            .values()
+            .flat_map(|u| u.tasks.values())
+            .filter(|t| {
+                !t.status.is_terminal()
+                    && t.priority == query.priority
+                    && active_shard(t.id) == query.shard
+                    && query.after.is_none_or(|a| t.id > a)
+            })
+            .collect();
+        tasks.sort_by_key(|t| t.id);
+        let limit = query.limit.max(1) as usize;
+        let tasks: Vec<ActiveTask> = tasks.into_iter().take(limit).map(ActiveTask::from).collect();
+        let next = (tasks.len() == limit).then(|| tasks[limit - 1].id);
+        Ok(ActivePage { tasks, next })
     }
 }
