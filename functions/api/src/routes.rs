@@ -30,6 +30,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/{id}", get(get_task))
         .route("/v1/tasks/{id}/cancel", post(cancel))
         .route("/v1/tasks/{id}/events", get(events))
+        .route("/v1/admin/queues", get(admin_queues))
+        .route("/v1/admin/dlq/{priority}/redrive", post(admin_redrive))
         .fallback(|| async { ApiError::RouteNotFound("no route matches this path".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("this route does not accept this method".into())
@@ -277,4 +279,33 @@ async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Path<St
 async fn events(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
     let task = state.service.get(&caller.user_id, task_id(&id)?).await?;
     Ok(json_response(StatusCode::OK, &json!({"events": task.history})))
+}
+
+/// The role admin routes need.
+pub const ADMIN_ROLE: &str = "admin";
+
+fn require_admin(caller: &Caller) -> Result<(), ApiError> {
+    if caller.roles.iter().any(|r| r == ADMIN_ROLE) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!("this route needs the {ADMIN_ROLE} role")))
+    }
+}
+
+async fn admin_queues(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let queues = taskq_core::admin::overview(state.service.store().as_ref(), state.service.queue().as_ref()).await?;
+    Ok(json_response(StatusCode::OK, &json!({ "queues": queues })))
+}
+
+async fn admin_redrive(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(priority): Path<String>,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let priority: Priority = priority.parse().map_err(|m| FieldError::new("priority", m))?;
+    let report =
+        taskq_core::admin::redrive(state.service.store().as_ref(), state.service.queue().as_ref(), priority).await?;
+    Ok(json_response(StatusCode::OK, &report))
 }

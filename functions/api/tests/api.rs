@@ -148,7 +148,7 @@ async fn health_and_openapi_need_no_token() {
 async fn openapi_describes_every_route_the_router_serves() {
     let app = TestApp::new();
     let paths: Vec<&String> = app.spec["paths"].as_object().unwrap().keys().collect();
-    assert_eq!(paths.len(), 7);
+    assert_eq!(paths.len(), 9);
     for (method, path) in [
         ("get", "/v1/health"),
         ("get", "/v1/openapi.json"),
@@ -158,13 +158,17 @@ async fn openapi_describes_every_route_the_router_serves() {
         ("get", "/v1/tasks/{id}"),
         ("post", "/v1/tasks/{id}/cancel"),
         ("get", "/v1/tasks/{id}/events"),
+        ("get", "/v1/admin/queues"),
+        ("post", "/v1/admin/dlq/{priority}/redrive"),
     ] {
         assert!(
             app.spec["paths"][path][method].is_object(),
             "{method} {path} missing from the spec"
         );
         // And the router serves it (anything but 404/405 for a well-formed id).
-        let uri = path.replace("{id}", "01KAXQ6M6V7ZP0Y8QH3F5T2N9R");
+        let uri = path
+            .replace("{id}", "01KAXQ6M6V7ZP0Y8QH3F5T2N9R")
+            .replace("{priority}", "low");
         let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let r = app.send(app.request(m, &uri, Some("u"), None)).await;
         assert_ne!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
@@ -653,6 +657,57 @@ async fn wait_parameter_is_validated_and_returns_a_queued_task_after_the_wait() 
     assert!(started.elapsed() >= std::time::Duration::from_secs(1));
 }
 
+fn admin_request(method: Method, uri: &str, roles: &[&str]) -> Request<Body> {
+    let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(
+            "authorization",
+            format!("Bearer {}", taskq_api::auth::mint(SECRET, "ops", &roles, 600).unwrap()),
+        )
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn admin_routes_are_for_the_admin_role_only() {
+    let app = TestApp::new();
+    for roles in [&[][..], &["ops"][..], &["administrator"][..]] {
+        assert_problem(
+            &app.send(admin_request(Method::GET, "/v1/admin/queues", roles)).await,
+            403,
+            None,
+        );
+        let r = app
+            .send(admin_request(Method::POST, "/v1/admin/dlq/high/redrive", roles))
+            .await;
+        assert_problem(&r, 403, None);
+    }
+    app.submit("alice", json!({"type": "echo", "priority": "low"})).await;
+    let r = app
+        .send(admin_request(Method::GET, "/v1/admin/queues", &["ops", "admin"]))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let queues = r.body["queues"].as_array().unwrap();
+    assert_eq!(queues.len(), 3);
+    assert_eq!(queues[2]["priority"], "low");
+    assert_eq!(queues[2]["visible"], 1);
+    assert!(queues[2]["oldest_queued_age_seconds"].is_number());
+    assert!(queues[0]["oldest_queued_age_seconds"].is_null());
+    let r = app
+        .send(admin_request(Method::POST, "/v1/admin/dlq/urgent/redrive", &["admin"]))
+        .await;
+    assert_problem(&r, 400, Some("priority"));
+    let r = app
+        .send(admin_request(Method::POST, "/v1/admin/dlq/high/redrive", &["admin"]))
+        .await;
+    assert_eq!(
+        r.body,
+        json!({"priority": "high", "moved": 0, "revived": 0, "path": null})
+    );
+}
+
 mod lambda {
     //! The same Router behind the adapter `lambda_http::run` uses, fed API Gateway events.
     use super::*;
@@ -725,6 +780,21 @@ mod lambda {
         assert_eq!((status, cancelled["status"].as_str()), (200, Some("cancelled")));
         let (status, missing) = invoke(&app, event("api-get.json")).await;
         assert_eq!((status, missing["status"].as_u64()), (404, Some(404)));
+    }
+
+    #[tokio::test]
+    async fn authorizer_groups_in_api_gateway_string_form_grant_the_admin_role() {
+        let app = TestApp::new();
+        // api-list.json carries `cognito:groups: "[admin ops]"`, as the JWT authorizer sends it.
+        let mut ev = event("api-list.json");
+        ev["rawPath"] = json!("/v1/admin/queues");
+        ev["rawQueryString"] = json!("");
+        ev["queryStringParameters"] = json!({});
+        ev["requestContext"]["http"]["path"] = json!("/v1/admin/queues");
+        let (status, body) = invoke(&app, ev.clone()).await;
+        assert_eq!((status, body["queues"].as_array().map(Vec::len)), (200, Some(3)));
+        ev["requestContext"]["authorizer"]["jwt"]["claims"]["cognito:groups"] = json!("[ops]");
+        assert_eq!(invoke(&app, ev).await.0, 403);
     }
 
     #[tokio::test]

@@ -233,7 +233,9 @@ impl TaskQueue for SqsTaskQueue {
 
     async fn dead_letter_depth(&self, p: Priority) -> Result<u64, QueueError> {
         let url = self.dead_letter_url(p)?;
-        Ok(self.counts(url, &[QueueAttributeName::ApproximateNumberOfMessages]).await?[0])
+        Ok(self
+            .counts(url, &[QueueAttributeName::ApproximateNumberOfMessages])
+            .await?[0])
     }
 
     async fn receive_dead_letters(

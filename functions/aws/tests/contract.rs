@@ -8,8 +8,8 @@ use chrono::Utc;
 use serde_json::json;
 use taskq_core::memory::{MemoryQueueConfig, MemoryTaskQueue, MemoryTaskStore};
 use taskq_core::{
-    ActiveQuery, Created, RedrivePath, ACTIVE_SHARDS, EventKind, IdempotencyClaim, ListQuery, NewTask, Priority, Snapshot, Status, StoreError, TaskMessage,
-    TaskQueue, TaskService, TaskStore, Transition,
+    ActiveQuery, Created, EventKind, IdempotencyClaim, ListQuery, NewTask, Priority, RedrivePath, Snapshot, Status,
+    StoreError, TaskMessage, TaskQueue, TaskService, TaskStore, Transition, ACTIVE_SHARDS,
 };
 
 /// Receives after which a message is dead-lettered, in every backend of this suite.
@@ -511,7 +511,12 @@ async fn queue_rejects_a_stale_receipt(b: Backends) {
 async fn all_active(b: &Backends, p: Priority) -> Vec<taskq_core::ActiveTask> {
     let mut out = Vec::new();
     for shard in 0..ACTIVE_SHARDS {
-        let mut q = ActiveQuery { priority: p, shard, limit: 2, after: None };
+        let mut q = ActiveQuery {
+            priority: p,
+            shard,
+            limit: 2,
+            after: None,
+        };
         loop {
             let page = b.store.active(&q).await.unwrap();
             assert!(page.tasks.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
@@ -534,11 +539,17 @@ async fn active_index_holds_unfinished_tasks_only(b: Backends) {
     submit(&b, "u1", "low").await;
     // One finished, one running, one dead.
     let now = Utc::now();
-    let c = Transition::Cancel { error: None }.plan(Snapshot::from(&tasks[0]), now).unwrap();
+    let c = Transition::Cancel { error: None }
+        .plan(Snapshot::from(&tasks[0]), now)
+        .unwrap();
     b.store.apply("u1", tasks[0].id, &c).await.unwrap();
-    let c = Transition::Start { lease_until: now }.plan(Snapshot::from(&tasks[1]), now).unwrap();
+    let c = Transition::Start { lease_until: now }
+        .plan(Snapshot::from(&tasks[1]), now)
+        .unwrap();
     let running = b.store.apply("u2", tasks[1].id, &c).await.unwrap();
-    let c = Transition::Dead { detail: "dlq".into() }.plan(Snapshot::from(&tasks[2]), now).unwrap();
+    let c = Transition::Dead { detail: "dlq".into() }
+        .plan(Snapshot::from(&tasks[2]), now)
+        .unwrap();
     let dead = b.store.apply("u3", tasks[2].id, &c).await.unwrap();
 
     let active = all_active(&b, Priority::High).await;
@@ -561,24 +572,43 @@ async fn dead_letter(b: &Backends, p: Priority, m: &TaskMessage) {
     b.queue.send(m, Duration::ZERO).await.unwrap();
     for _ in 0..MAX_RECEIVES {
         let got = receive_all(b, p, 1).await;
-        b.queue.change_visibility(p, &got[0].receipt, Duration::ZERO).await.unwrap();
+        b.queue
+            .change_visibility(p, &got[0].receipt, Duration::ZERO)
+            .await
+            .unwrap();
     }
-    assert!(b.queue.receive(p, 10, Duration::from_millis(300)).await.unwrap().is_empty());
+    assert!(b
+        .queue
+        .receive(p, 10, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn dead_letters_are_received_and_redriven(b: Backends) {
     let m = message("lee", Priority::Normal);
     dead_letter(&b, Priority::Normal, &m).await;
-    let dead = b.queue.receive_dead_letters(Priority::Normal, 10, Duration::from_secs(30)).await.unwrap();
+    let dead = b
+        .queue
+        .receive_dead_letters(Priority::Normal, 10, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(serde_json::from_str::<TaskMessage>(&dead[0].body).unwrap(), m);
     assert!(
-        b.queue.receive_dead_letters(Priority::Normal, 10, Duration::from_secs(30)).await.unwrap().is_empty(),
+        b.queue
+            .receive_dead_letters(Priority::Normal, 10, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty(),
         "received dead letters are hidden"
     );
     let path = b.queue.redrive(Priority::Normal, &dead).await.unwrap();
     eprintln!("redrive path: {path:?}");
-    assert!(matches!(path, RedrivePath::Memory | RedrivePath::ReceiveAndSend | RedrivePath::StartMessageMoveTask));
+    assert!(matches!(
+        path,
+        RedrivePath::Memory | RedrivePath::ReceiveAndSend | RedrivePath::StartMessageMoveTask
+    ));
     let back = receive_all(&b, Priority::Normal, 1).await;
     assert_eq!(back.len(), 1, "the message is back on its queue");
     assert_eq!(serde_json::from_str::<TaskMessage>(&back[0].body).unwrap(), m);
@@ -596,5 +626,13 @@ async fn queue_stats_count_visible_in_flight_delayed_and_dead(b: Backends) {
     let got = b.queue.receive(p, 1, Duration::from_millis(500)).await.unwrap();
     assert_eq!(got.len(), 1);
     let stats = b.queue.stats(p).await.unwrap();
-    assert_eq!(stats, taskq_core::QueueStats { visible: 2, in_flight: 1, delayed: 1, dead_letters: 1 });
+    assert_eq!(
+        stats,
+        taskq_core::QueueStats {
+            visible: 2,
+            in_flight: 1,
+            delayed: 1,
+            dead_letters: 1
+        }
+    );
 }

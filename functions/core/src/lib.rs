@@ -2,6 +2,8 @@
 //! ([`ports::TaskStore`], [`ports::TaskQueue`]); AWS lives in `taskq-aws`, and the in-memory
 //! adapters in [`memory`] give tests and the local server the same semantics.
 
+pub mod admin;
+pub mod faults;
 pub mod limits;
 pub mod memory;
 pub mod ports;
@@ -11,10 +13,12 @@ pub mod task;
 pub mod transition;
 
 pub use ports::{
-    ActivePage, ActiveQuery, ActiveTask, Created, Delivery, IdempotencyClaim, ListQuery, QueueError, QueueStats, RedrivePath, StoreError,
-    TaskMessage, TaskPage, TaskQueue, TaskStore,
+    ActivePage, ActiveQuery, ActiveTask, Created, Delivery, IdempotencyClaim, ListQuery, QueueError, QueueStats,
+    RedrivePath, StoreError, TaskMessage, TaskPage, TaskQueue, TaskStore,
 };
 pub use service::{ServiceError, Submitted, TaskService};
 pub use submit::{FieldError, NewTask};
-pub use task::{active_shard, EventKind, ACTIVE_SHARDS, Priority, Status, Task, TaskEvent, TaskFailure, TaskId, TaskType};
+pub use task::{
+    active_shard, EventKind, Priority, Status, Task, TaskEvent, TaskFailure, TaskId, TaskType, ACTIVE_SHARDS,
+};
 pub use transition::{InvalidTransition, Snapshot, StateChange, Transition};

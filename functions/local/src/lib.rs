@@ -8,8 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use taskq_api::{router, AppState, Authenticator};
+use taskq_core::faults::{FaultCounts, FaultPlan, FaultyQueue, FaultyStore};
 use taskq_core::memory::{MemoryQueueConfig, MemoryTaskQueue, MemoryTaskStore};
 use taskq_core::{TaskQueue, TaskService, TaskStore};
+pub use taskq_sweeper::{Sweeper, SweeperConfig};
 use taskq_worker::{Registry, Worker, WorkerConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -35,6 +37,11 @@ pub struct LocalOptions {
     /// Run the emulated event source mappings (off: the API only).
     pub workers: bool,
     pub registry: Registry,
+    /// Run the sweeper this often (`None`: never).
+    pub sweep_every: Option<std::time::Duration>,
+    pub sweeper: SweeperConfig,
+    /// Inject faults into the store and queue ports.
+    pub faults: Option<FaultPlan>,
 }
 
 impl LocalOptions {
@@ -47,6 +54,9 @@ impl LocalOptions {
             event_sources: EventSourceConfig::default(),
             workers: true,
             registry: Registry::with_builtins(),
+            sweep_every: Some(std::time::Duration::from_secs(60)),
+            sweeper: SweeperConfig::default(),
+            faults: None,
         }
     }
 }
@@ -54,8 +64,11 @@ impl LocalOptions {
 /// A running local server. Dropping it stops the listener and the pollers.
 pub struct LocalServer {
     pub addr: SocketAddr,
+    /// The ports as the service sees them (with faults, when injected).
     pub store: Arc<dyn TaskStore>,
     pub queue: Arc<dyn TaskQueue>,
+    /// Faults injected so far, when injecting.
+    pub faults: Option<Arc<FaultCounts>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -85,6 +98,18 @@ pub async fn start(options: LocalOptions) -> std::io::Result<LocalServer> {
         Backend::Memory(config) => (Arc::new(MemoryTaskStore::new()), Arc::new(MemoryTaskQueue::new(config))),
         Backend::Ports { store, queue } => (store, queue),
     };
+    let mut counts = None;
+    let (store, queue): (Arc<dyn TaskStore>, Arc<dyn TaskQueue>) = match options.faults {
+        Some(plan) => {
+            let c = Arc::new(FaultCounts::default());
+            counts = Some(c.clone());
+            (
+                Arc::new(FaultyStore::new(store, plan.clone(), c.clone())),
+                Arc::new(FaultyQueue::new(queue, plan, c)),
+            )
+        }
+        None => (store, queue),
+    };
     let state = AppState::new(
         TaskService::new(store.clone(), queue.clone()),
         Authenticator::new(Some(&options.jwt_secret), None, None),
@@ -101,10 +126,20 @@ pub async fn start(options: LocalOptions) -> std::io::Result<LocalServer> {
         let worker = Worker::new(store.clone(), queue.clone(), options.registry, options.worker);
         tasks.extend(esm::spawn(worker, queue.clone(), &options.event_sources));
     }
+    if let Some(every) = options.sweep_every {
+        let sweeper = Sweeper::new(store.clone(), queue.clone(), options.sweeper);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                sweeper.sweep().await;
+            }
+        }));
+    }
     Ok(LocalServer {
         addr,
         store,
         queue,
+        faults: counts,
         tasks,
     })
 }

@@ -23,6 +23,9 @@ OPTIONS:
     --create-resources    with --backend aws: create the table and queues (named by --prefix)
     --prefix NAME         resource name prefix for --create-resources (default taskq-local)
     --api-only            serve the API without running the workers
+    --sweep-every SECONDS run the sweeper this often (default 60; 0 = never)
+    --faults SPEC         inject faults, e.g. store_throttle=0.05,send_fail=0.02,send_duplicate=0.1,
+                          store_error_after_write=0.02,crash_before_status_write=0.02,send_delay_max_ms=50
 
 ENVIRONMENT:
     TASKQ_JWT_SECRET      HS256 secret for bearer tokens (default: a fixed dev secret)
@@ -96,11 +99,23 @@ async fn serve(mut args: Args) -> Result<(), String> {
     let create = args.flag("--create-resources");
     let prefix = args.value("--prefix")?.unwrap_or_else(|| "taskq-local".into());
     let api_only = args.flag("--api-only");
+    let sweep_every: u64 = match args.value("--sweep-every")? {
+        Some(v) => v.parse().map_err(|_| "--sweep-every must be a number of seconds")?,
+        None => 60,
+    };
+    let faults = args
+        .value("--faults")?
+        .map(|spec| taskq_core::faults::FaultPlan::parse(&spec))
+        .transpose()
+        .map_err(|e| format!("--faults: {e}"))?;
     args.finish()?;
 
     let mut options = LocalOptions::new(listen, secret());
     options.worker = WorkerConfig::from_env()?;
     options.workers = !api_only;
+    options.sweep_every = (sweep_every > 0).then(|| std::time::Duration::from_secs(sweep_every));
+    options.sweeper = taskq_sweeper::SweeperConfig::from_env()?;
+    options.faults = faults;
     options.backend = match backend.as_str() {
         "memory" => Backend::Memory(MemoryQueueConfig::default()),
         "aws" => {

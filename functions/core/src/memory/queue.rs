@@ -227,7 +227,11 @@ impl TaskQueue for MemoryTaskQueue {
         let now = Instant::now();
         let mut q = self.lock(p);
         for d in received {
-            if let Some(pos) = q.dead.iter().position(|m| m.receipt.as_deref() == Some(d.receipt.as_str())) {
+            if let Some(pos) = q
+                .dead
+                .iter()
+                .position(|m| m.receipt.as_deref() == Some(d.receipt.as_str()))
+            {
                 if let Some(mut m) = q.dead.remove(pos) {
                     m.receive_count = 0;
                     m.receipt = None;

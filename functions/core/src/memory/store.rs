@@ -4,7 +4,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::ports::{ActivePage, ActiveQuery, ActiveTask, Created, IdempotencyClaim, ListQuery, StoreError, TaskPage, TaskStore};
+use crate::ports::{
+    ActivePage, ActiveQuery, ActiveTask, Created, IdempotencyClaim, ListQuery, StoreError, TaskPage, TaskStore,
+};
 use crate::task::{active_shard, Task, TaskId};
 use crate::transition::StateChange;
 

@@ -1,0 +1,210 @@
+//! The sweeper: a scheduled reconciler that keeps tasks from being lost or stuck.
+//!
+//! - A task `queued` for longer than `stranded_after` past when it was due has probably lost its
+//!   message (the API stored it but the send failed, or a redrive stopped half-way): its message
+//!   is sent again, recorded as a `message_resent` event. A duplicate message is harmless: the
+//!   worker's start is conditional.
+//! - A task `running` past its lease lost its worker: its message is sent again, and the delivery
+//!   takes over as the next attempt (or fails the task when no attempts are left).
+//! - A task whose message reached a dead-letter queue is marked `dead`. The message stays in the
+//!   DLQ (hidden for a while) so an operator can redrive it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Serialize;
+use taskq_core::{
+    ActiveQuery, Priority, Snapshot, Status, StoreError, TaskMessage, TaskQueue, TaskStore, Transition, ACTIVE_SHARDS,
+};
+use tracing::{info, warn};
+
+#[derive(Debug, Clone)]
+pub struct SweeperConfig {
+    /// How long past due a queued task may wait before its message is presumed lost. Keep it
+    /// above the queue backlog you expect: a re-send during a backlog only adds a duplicate.
+    pub stranded_after: Duration,
+    /// How long a dead letter the sweeper has seen stays hidden from the next sweeps.
+    pub dead_letter_visibility: Duration,
+    /// Most dead letters read per priority per sweep.
+    pub dead_letter_max: usize,
+}
+
+impl Default for SweeperConfig {
+    fn default() -> Self {
+        Self {
+            stranded_after: Duration::from_secs(15 * 60),
+            dead_letter_visibility: Duration::from_secs(3600),
+            dead_letter_max: 500,
+        }
+    }
+}
+
+impl SweeperConfig {
+    /// `TASKQ_STRANDED_AFTER_SECONDS` overrides the default.
+    pub fn from_env() -> Result<Self, String> {
+        let mut c = Self::default();
+        if let Ok(v) = std::env::var("TASKQ_STRANDED_AFTER_SECONDS") {
+            let secs: u64 = v
+                .parse()
+                .map_err(|_| format!("TASKQ_STRANDED_AFTER_SECONDS={v:?} is not a number"))?;
+            c.stranded_after = Duration::from_secs(secs);
+        }
+        Ok(c)
+    }
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct SweepReport {
+    pub scanned: u64,
+    pub resent_stranded: u64,
+    pub resent_expired_leases: u64,
+    pub dead_letters_seen: u64,
+    pub marked_dead: u64,
+    pub errors: u64,
+}
+
+#[derive(Clone)]
+pub struct Sweeper {
+    store: Arc<dyn TaskStore>,
+    queue: Arc<dyn TaskQueue>,
+    config: SweeperConfig,
+}
+
+impl Sweeper {
+    pub fn new(store: Arc<dyn TaskStore>, queue: Arc<dyn TaskQueue>, config: SweeperConfig) -> Self {
+        Self { store, queue, config }
+    }
+
+    /// One pass over every priority. Errors are counted and logged, never fatal: the next
+    /// sweep picks up what this one could not do.
+    pub async fn sweep(&self) -> SweepReport {
+        let mut report = SweepReport::default();
+        for p in Priority::ALL {
+            for shard in 0..ACTIVE_SHARDS {
+                if let Err(e) = self.sweep_shard(*p, shard, &mut report).await {
+                    warn!(priority = %p, shard, error = %e, "sweep of a shard stopped");
+                    report.errors += 1;
+                }
+            }
+            if let Err(e) = self.sweep_dead_letters(*p, &mut report).await {
+                warn!(priority = %p, error = %e, "sweep of a dead-letter queue stopped");
+                report.errors += 1;
+            }
+        }
+        info!(?report, "sweep done");
+        report
+    }
+
+    async fn sweep_shard(&self, priority: Priority, shard: u8, report: &mut SweepReport) -> Result<(), StoreError> {
+        let mut query = ActiveQuery {
+            priority,
+            shard,
+            limit: 100,
+            after: None,
+        };
+        let stranded_after = chrono::Duration::from_std(self.config.stranded_after).unwrap_or_default();
+        loop {
+            let page = self.store.active(&query).await?;
+            let now = Utc::now();
+            for t in &page.tasks {
+                report.scanned += 1;
+                match t.status {
+                    Status::Queued if t.run_at.unwrap_or(t.updated_at).max(t.updated_at) + stranded_after < now => {
+                        let snapshot = Snapshot {
+                            priority: t.priority,
+                            status: t.status,
+                            attempts: t.attempts,
+                            max_attempts: t.max_attempts,
+                            cancel_requested: false,
+                        };
+                        let reason = format!("queued since {} without starting", t.updated_at.to_rfc3339());
+                        let change = match (Transition::Resend { reason }).plan(snapshot, now) {
+                            Ok(c) => c,
+                            Err(_) => continue,
+                        };
+                        // Recording the re-send first moves updated_at, so the next sweep waits
+                        // another stranded_after before trying again.
+                        match self.store.apply(&t.user_id, t.id, &change).await {
+                            Ok(_) => {}
+                            Err(StoreError::Conflict { .. }) => continue,
+                            Err(e) => return Err(e),
+                        }
+                        self.send(t.message(), report, |r| r.resent_stranded += 1).await;
+                    }
+                    Status::Running if t.lease_until.is_some_and(|l| l < now) => {
+                        self.send(t.message(), report, |r| r.resent_expired_leases += 1).await;
+                    }
+                    _ => {}
+                }
+            }
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    async fn send(&self, message: TaskMessage, report: &mut SweepReport, counted: impl Fn(&mut SweepReport)) {
+        match self.queue.send(&message, Duration::ZERO).await {
+            Ok(()) => counted(report),
+            Err(e) => {
+                warn!(task_id = %message.task_id, error = %e, "re-send failed; the next sweep retries");
+                report.errors += 1;
+            }
+        }
+    }
+
+    async fn sweep_dead_letters(&self, priority: Priority, report: &mut SweepReport) -> Result<(), StoreError> {
+        let mut seen = 0;
+        while seen < self.config.dead_letter_max {
+            let batch = self
+                .queue
+                .receive_dead_letters(priority, 10, self.config.dead_letter_visibility)
+                .await
+                .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            seen += batch.len();
+            for d in batch {
+                report.dead_letters_seen += 1;
+                let Ok(message) = serde_json::from_str::<TaskMessage>(&d.body) else {
+                    warn!(message_id = %d.message_id, "dead letter is not a task message");
+                    continue;
+                };
+                if self.mark_dead(&message, d.receive_count).await? {
+                    report.marked_dead += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn mark_dead(&self, message: &TaskMessage, receives: u32) -> Result<bool, StoreError> {
+        let Some(mut task) = self.store.get(&message.user_id, message.task_id).await? else {
+            return Ok(false);
+        };
+        for _ in 0..3 {
+            if task.status.is_terminal() {
+                return Ok(false);
+            }
+            let detail = format!("its message reached the {} dead-letter queue", task.priority);
+            let change = match (Transition::Dead { detail }).plan(Snapshot::from(&task), Utc::now()) {
+                Ok(c) => c,
+                Err(_) => return Ok(false),
+            };
+            match self.store.apply(&task.user_id, task.id, &change).await {
+                Ok(_) => {
+                    info!(task_id = %task.id, receives, "marked dead");
+                    return Ok(true);
+                }
+                Err(StoreError::Conflict { current: Some(now) }) => task = *now,
+                Err(StoreError::Conflict { current: None }) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+}
