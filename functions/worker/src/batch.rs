@@ -139,7 +139,8 @@ impl Worker {
             self.finish(&task, Transition::Cancel { error: None }).await?;
             return Ok(Outcome::Done);
         }
-        let outcome = self.execute(&task, deadline).await;
+        let (outcome, cancel_seen) = self.execute(&task, deadline).await;
+        let cancel_requested = task.cancel_requested || cancel_seen;
         let transition = match outcome {
             Ok(result) => {
                 let size = serde_json::to_vec(&result).map(|v| v.len()).unwrap_or(usize::MAX);
@@ -156,6 +157,9 @@ impl Worker {
                     Transition::Succeed { result }
                 }
             }
+            Err(e) if cancel_requested => Transition::Cancel {
+                error: Some(e.failure()),
+            },
             Err(e) if e.retryable && task.attempts < task.max_attempts => {
                 let backoff = self.config.backoff(task.attempts);
                 let run_at = Utc::now() + chrono::Duration::from_std(backoff).unwrap_or_default();
@@ -186,9 +190,6 @@ impl Worker {
                 }
                 return Ok(Outcome::Again);
             }
-            Err(e) if task.cancel_requested => Transition::Cancel {
-                error: Some(e.failure()),
-            },
             Err(e) => Transition::Fail { error: e.failure() },
         };
         self.finish(&task, transition).await?;
@@ -286,8 +287,36 @@ impl Worker {
         chrono::Duration::from_std(timeout + self.config.lease_grace).unwrap_or_default()
     }
 
-    /// Runs the task's handler under its timeout (and the invocation's), catching panics.
-    async fn execute(&self, task: &Task, deadline: Instant) -> Result<Value, HandlerError> {
+    /// Runs the task's handler under its timeout (and the invocation's), catching panics, while
+    /// a watcher re-reads the task for a cancellation request. Returns whether one was seen.
+    async fn execute(&self, task: &Task, deadline: Instant) -> (Result<Value, HandlerError>, bool) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let watcher = tokio::spawn({
+            let (store, poll, user_id, id) = (self.store.clone(), self.config.cancel_poll, task.user_id.clone(), task.id);
+            async move {
+                loop {
+                    tokio::time::sleep(poll).await;
+                    if let Ok(Some(t)) = store.get(&user_id, id).await {
+                        if t.cancel_requested {
+                            let _ = tx.send(true);
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let result = self.run_handler(task, deadline, rx.clone()).await;
+        watcher.abort();
+        let seen = *rx.borrow();
+        (result, seen)
+    }
+
+    async fn run_handler(
+        &self,
+        task: &Task,
+        deadline: Instant,
+        cancel: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Value, HandlerError> {
         let Some(handler) = self.registry.get(task.task_type.as_str()) else {
             return Err(HandlerError::permanent(
                 "unknown_task_type",
@@ -303,7 +332,7 @@ impl Worker {
             .saturating_duration_since(Instant::now())
             .saturating_sub(self.config.deadline_margin);
         let limit = own_timeout.min(left);
-        let ctx = TaskContext { task: task.clone() };
+        let ctx = TaskContext::new(task.clone(), cancel);
         let mut join = tokio::spawn(async move { handler.run(ctx).await });
         match tokio::time::timeout(limit, &mut join).await {
             Ok(Ok(result)) => result,

@@ -31,7 +31,7 @@ impl TaskHandler for Echo {
     }
 }
 
-/// `{ms}`: sleeps, then returns `{slept_ms}`. The task's timeout bounds it.
+/// `{ms}`: sleeps, then returns `{slept_ms}`; stops early when cancellation is requested.
 pub struct Sleep;
 
 #[derive(Deserialize)]
@@ -44,8 +44,10 @@ struct SleepPayload {
 impl TaskHandler for Sleep {
     async fn run(&self, ctx: TaskContext) -> Result<Value, HandlerError> {
         let p: SleepPayload = payload(&ctx, "{\"ms\": <milliseconds>}")?;
-        tokio::time::sleep(Duration::from_millis(p.ms)).await;
-        Ok(json!({ "slept_ms": p.ms }))
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(p.ms)) => Ok(json!({ "slept_ms": p.ms })),
+            _ = ctx.cancelled() => Err(HandlerError::cancelled()),
+        }
     }
 }
 

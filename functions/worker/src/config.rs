@@ -10,6 +10,9 @@ pub struct WorkerConfig {
     pub deadline_margin: Duration,
     /// A running attempt's lease lasts its timeout plus this grace.
     pub lease_grace: Duration,
+    /// How often a running task's record is re-read for a cancellation request (one read per
+    /// period per running task; tasks shorter than this are never re-read).
+    pub cancel_poll: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -19,13 +22,14 @@ impl Default for WorkerConfig {
             retry_cap: Duration::from_secs(300),
             deadline_margin: Duration::from_secs(3),
             lease_grace: Duration::from_secs(30),
+            cancel_poll: Duration::from_secs(5),
         }
     }
 }
 
 impl WorkerConfig {
     /// Reads `TASKQ_RETRY_BASE_MS`, `TASKQ_RETRY_CAP_MS`, `TASKQ_DEADLINE_MARGIN_MS` and
-    /// `TASKQ_LEASE_GRACE_SECONDS`, keeping defaults for those unset; reports every bad one.
+    /// `TASKQ_LEASE_GRACE_SECONDS`, `TASKQ_CANCEL_POLL_MS`, keeping defaults for those unset; reports every bad one.
     pub fn from_env() -> Result<Self, String> {
         let mut config = Self::default();
         let mut errors = Vec::new();
@@ -41,6 +45,7 @@ impl WorkerConfig {
         read("TASKQ_RETRY_CAP_MS", 1, &mut config.retry_cap);
         read("TASKQ_DEADLINE_MARGIN_MS", 1, &mut config.deadline_margin);
         read("TASKQ_LEASE_GRACE_SECONDS", 1000, &mut config.lease_grace);
+        read("TASKQ_CANCEL_POLL_MS", 1, &mut config.cancel_poll);
         if errors.is_empty() {
             Ok(config)
         } else {

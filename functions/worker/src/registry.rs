@@ -7,13 +7,41 @@ use async_trait::async_trait;
 use serde_json::Value;
 use taskq_core::{Task, TaskFailure};
 
-/// What a handler gets: the task as it is for this attempt.
+/// What a handler gets: the task as it is for this attempt, and a cancellation signal.
 #[derive(Debug, Clone)]
 pub struct TaskContext {
     pub task: Task,
+    cancel: tokio::sync::watch::Receiver<bool>,
 }
 
 impl TaskContext {
+    /// A context whose cancellation is signalled through `cancel` (the worker's watcher).
+    pub fn new(task: Task, cancel: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self { task, cancel }
+    }
+
+    /// A context that is never cancelled (for calling handlers in tests).
+    pub fn detached(task: Task) -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        // The receiver keeps the last value after the sender is gone: never cancelled.
+        drop(tx);
+        Self { task, cancel: rx }
+    }
+
+    /// Whether the task's owner has asked to cancel it (as of the worker's last check).
+    pub fn is_cancel_requested(&self) -> bool {
+        *self.cancel.borrow()
+    }
+
+    /// Resolves when cancellation is requested; never, if it is not. Long handlers `select!` on
+    /// it and return [`HandlerError::cancelled`].
+    pub async fn cancelled(&self) {
+        let mut rx = self.cancel.clone();
+        if rx.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     pub fn payload(&self) -> &Value {
         &self.task.payload
     }
@@ -48,6 +76,11 @@ impl HandlerError {
             retryable: false,
         }
     }
+    /// The handler stopped because cancellation was requested.
+    pub fn cancelled() -> Self {
+        Self::permanent("cancelled", "stopped on a cancellation request")
+    }
+
     pub fn failure(&self) -> TaskFailure {
         TaskFailure::new(&self.kind, &self.message)
     }

@@ -55,6 +55,7 @@ fn env_with(extra: impl FnOnce(&mut Registry)) -> Env {
     let config = WorkerConfig {
         retry_base: Duration::from_millis(1),
         retry_cap: Duration::from_millis(5),
+        cancel_poll: Duration::from_millis(50),
         ..WorkerConfig::default()
     };
     Env {
@@ -372,6 +373,28 @@ async fn cancellation_requested_while_running_stops_retries() {
     e.store.apply("u1", running.id, &back).await.unwrap();
     let done = e.settle(&t).await;
     assert_eq!(done.status, Status::Cancelled);
+}
+
+#[tokio::test]
+async fn a_running_handler_sees_cancellation_and_stops() {
+    let e = env();
+    let t = e.submit(json!({"type": "sleep", "payload": {"ms": 10_000}})).await;
+    let started = std::time::Instant::now();
+    let poll = e.poll(Priority::Normal);
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (after, cancelled) = e.service.cancel("u1", t.id).await.unwrap();
+        assert!(!cancelled, "a running task is only asked to stop");
+        assert!(after.cancel_requested);
+    };
+    let (failed, ()) = tokio::join!(poll, cancel);
+    assert!(failed.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(2), "stopped early: {:?}", started.elapsed());
+    let done = e.task(&t).await;
+    assert_eq!(done.status, Status::Cancelled);
+    assert_eq!(done.error.as_ref().unwrap().kind, "cancelled");
+    use EventKind::*;
+    assert_eq!(kinds(&done), [Submitted, Started, CancelRequested, Cancelled]);
 }
 
 mod webhook {
