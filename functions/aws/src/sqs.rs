@@ -248,6 +248,21 @@ impl TaskQueue for SqsTaskQueue {
         self.receive_from(url, max, Duration::ZERO, Some(visibility)).await
     }
 
+    async fn release_dead_letters(&self, p: Priority, received: &[Delivery]) -> Result<(), QueueError> {
+        let dlq = self.dead_letter_url(p)?;
+        for d in received {
+            self.client
+                .change_message_visibility()
+                .queue_url(dlq)
+                .receipt_handle(&d.receipt)
+                .visibility_timeout(0)
+                .send()
+                .await
+                .map_err(queue_error)?;
+        }
+        Ok(())
+    }
+
     #[instrument(skip_all, fields(priority = %p, count = received.len()), err(Debug))]
     async fn redrive(&self, p: Priority, received: &[Delivery]) -> Result<RedrivePath, QueueError> {
         let dlq = self.dead_letter_url(p)?;
@@ -262,16 +277,7 @@ impl TaskQueue for SqsTaskQueue {
         match moved {
             Ok(_) => {
                 // The move task takes visible messages: give back the ones received.
-                for d in received {
-                    self.client
-                        .change_message_visibility()
-                        .queue_url(dlq)
-                        .receipt_handle(&d.receipt)
-                        .visibility_timeout(0)
-                        .send()
-                        .await
-                        .map_err(queue_error)?;
-                }
+                self.release_dead_letters(p, received).await?;
                 Ok(RedrivePath::StartMessageMoveTask)
             }
             Err(e) => {

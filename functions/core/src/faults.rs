@@ -212,6 +212,10 @@ impl TaskQueue for FaultyQueue {
         self.inner.receive_dead_letters(p, max, v).await
     }
 
+    async fn release_dead_letters(&self, p: Priority, received: &[Delivery]) -> Result<(), QueueError> {
+        self.inner.release_dead_letters(p, received).await
+    }
+
     async fn redrive(&self, p: Priority, received: &[Delivery]) -> Result<RedrivePath, QueueError> {
         self.inner.redrive(p, received).await
     }

@@ -199,6 +199,9 @@ pub trait TaskQueue: Send + Sync + 'static {
         visibility: Duration,
     ) -> Result<Vec<Delivery>, QueueError>;
 
+    /// Makes received dead letters visible again at once (the sweeper, done reading them).
+    async fn release_dead_letters(&self, priority: Priority, received: &[Delivery]) -> Result<(), QueueError>;
+
     /// Moves dead letters (the ones given, received with [`receive_dead_letters`]) back to the
     /// priority's queue, and says how.
     ///

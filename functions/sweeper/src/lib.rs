@@ -7,7 +7,7 @@
 //! - A task `running` past its lease lost its worker: its message is sent again, and the delivery
 //!   takes over as the next attempt (or fails the task when no attempts are left).
 //! - A task whose message reached a dead-letter queue is marked `dead`. The message stays in the
-//!   DLQ (hidden for a while) so an operator can redrive it.
+//!   DLQ (visible again when the sweep ends) so an operator can redrive it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,8 @@ pub struct SweeperConfig {
     /// How long past due a queued task may wait before its message is presumed lost. Keep it
     /// above the queue backlog you expect: a re-send during a backlog only adds a duplicate.
     pub stranded_after: Duration,
-    /// How long a dead letter the sweeper has seen stays hidden from the next sweeps.
+    /// How long dead letters stay hidden while a sweep reads them; released when it is done,
+    /// so an operator's redrive always finds them.
     pub dead_letter_visibility: Duration,
     /// Most dead letters read per priority per sweep.
     pub dead_letter_max: usize,
@@ -34,7 +35,7 @@ impl Default for SweeperConfig {
     fn default() -> Self {
         Self {
             stranded_after: Duration::from_secs(15 * 60),
-            dead_letter_visibility: Duration::from_secs(3600),
+            dead_letter_visibility: Duration::from_secs(120),
             dead_letter_max: 500,
         }
     }
@@ -157,6 +158,20 @@ impl Sweeper {
     }
 
     async fn sweep_dead_letters(&self, priority: Priority, report: &mut SweepReport) -> Result<(), StoreError> {
+        let mut received = Vec::new();
+        let result = self.read_dead_letters(priority, report, &mut received).await;
+        if let Err(e) = self.queue.release_dead_letters(priority, &received).await {
+            warn!(error = %e, "could not release dead letters; they reappear after their visibility timeout");
+        }
+        result
+    }
+
+    async fn read_dead_letters(
+        &self,
+        priority: Priority,
+        report: &mut SweepReport,
+        received: &mut Vec<taskq_core::Delivery>,
+    ) -> Result<(), StoreError> {
         let mut seen = 0;
         while seen < self.config.dead_letter_max {
             let batch = self
@@ -168,6 +183,7 @@ impl Sweeper {
                 return Ok(());
             }
             seen += batch.len();
+            received.extend(batch.iter().cloned());
             for d in batch {
                 report.dead_letters_seen += 1;
                 let Ok(message) = serde_json::from_str::<TaskMessage>(&d.body) else {

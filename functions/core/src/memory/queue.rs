@@ -223,6 +223,17 @@ impl TaskQueue for MemoryTaskQueue {
             .collect())
     }
 
+    async fn release_dead_letters(&self, p: Priority, received: &[Delivery]) -> Result<(), QueueError> {
+        let now = Instant::now();
+        let mut q = self.lock(p);
+        for m in q.dead.iter_mut() {
+            if received.iter().any(|d| m.receipt.as_deref() == Some(d.receipt.as_str())) {
+                m.visible_at = now;
+            }
+        }
+        Ok(())
+    }
+
     async fn redrive(&self, p: Priority, received: &[Delivery]) -> Result<RedrivePath, QueueError> {
         let now = Instant::now();
         let mut q = self.lock(p);
