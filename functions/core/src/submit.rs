@@ -134,7 +134,12 @@ fn int_field(
 ) -> Result<u32, FieldError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(default),
-        Some(Value::Number(n)) => match n.as_u64() {
+        // JSON Schema's "integer" includes numbers like 30.0: accept those too.
+        Some(Value::Number(n)) => match n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= 1e9)
+                .map(|f| f as u64)
+        }) {
             Some(v) if v >= u64::from(min) && v <= u64::from(max) => Ok(v as u32),
             _ => Err(FieldError::new(
                 field,
@@ -193,6 +198,7 @@ mod tests {
             (json!({"type": "x", "max_attempts": 0}), "max_attempts"),
             (json!({"type": "x", "max_attempts": 26}), "max_attempts"),
             (json!({"type": "x", "timeout_seconds": 1.5}), "timeout_seconds"),
+            (json!({"type": "x", "timeout_seconds": "60"}), "timeout_seconds"),
             (json!({"type": "x", "colour": 1}), "colour"),
         ];
         for (body, field) in cases {
@@ -200,6 +206,12 @@ mod tests {
         }
         let e = NewTask::from_json(&json!({"priority": 1}), "tasks[2].").unwrap_err();
         assert_eq!(e.field, "tasks[2].type");
+    }
+
+    #[test]
+    fn integral_floats_and_nulls_are_integers_and_defaults() {
+        let t = NewTask::from_json(&json!({"type": "x", "delay_seconds": 433.0, "max_attempts": null}), "").unwrap();
+        assert_eq!((t.delay_seconds, t.max_attempts), (433, 3));
     }
 
     #[test]

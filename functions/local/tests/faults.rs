@@ -52,9 +52,21 @@ fn registry(runs: &Runs) -> Registry {
     let builtins = Registry::with_builtins();
     let mut r = Registry::new();
     for t in ["echo", "sleep", "fail"] {
-        r.register(t, Counted { inner: builtins.get(t).unwrap(), runs: runs.clone() });
+        r.register(
+            t,
+            Counted {
+                inner: builtins.get(t).unwrap(),
+                runs: runs.clone(),
+            },
+        );
     }
-    r.register("poison", Counted { inner: Arc::new(Poison), runs: runs.clone() });
+    r.register(
+        "poison",
+        Counted {
+            inner: Arc::new(Poison),
+            runs: runs.clone(),
+        },
+    );
     r
 }
 
@@ -102,8 +114,18 @@ async fn memory_two_thousand_tasks_survive_injected_faults() {
         visibility_timeout: Duration::from_secs(2),
         max_receive_count: MAX_RECEIVES,
     }));
-    let backend = Backend::Ports { store: store.clone(), queue: queue.clone() };
-    run(backend, store, queue, Duration::from_millis(20), Duration::from_secs(120)).await;
+    let backend = Backend::Ports {
+        store: store.clone(),
+        queue: queue.clone(),
+    };
+    run(
+        backend,
+        store,
+        queue,
+        Duration::from_millis(20),
+        Duration::from_secs(120),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,8 +140,18 @@ async fn moto_two_thousand_tasks_survive_injected_faults() {
     let config = taskq_aws::bootstrap::ensure(&sdk, &plan).await.unwrap();
     let (store, queue) = config.adapters_from(&sdk);
     let (store, queue): (Arc<dyn TaskStore>, Arc<dyn TaskQueue>) = (Arc::new(store), Arc::new(queue));
-    let backend = Backend::Ports { store: store.clone(), queue: queue.clone() };
-    run(backend, store, queue, Duration::from_millis(5), Duration::from_secs(600)).await;
+    let backend = Backend::Ports {
+        store: store.clone(),
+        queue: queue.clone(),
+    };
+    run(
+        backend,
+        store,
+        queue,
+        Duration::from_millis(5),
+        Duration::from_secs(600),
+    )
+    .await;
 }
 
 async fn run(
@@ -139,7 +171,12 @@ async fn run(
     // Poison messages: bodies that are no task message at all.
     for p in Priority::ALL {
         for i in 0..5 {
-            let junk = TaskMessage { user_id: format!("junk-{i}"), task_id: TaskId::new(), priority: *p, timeout_seconds: 1 };
+            let junk = TaskMessage {
+                user_id: format!("junk-{i}"),
+                task_id: TaskId::new(),
+                priority: *p,
+                timeout_seconds: 1,
+            };
             queue.send(&junk, Duration::ZERO).await.unwrap();
         }
     }
@@ -165,17 +202,24 @@ async fn run(
     known.dedup();
     let submitted_in = started.elapsed();
 
-    // Wait until every task the store holds is terminal.
+    // Wait until the index of unfinished tasks is empty (cheap to poll), then read everything.
     let deadline = Instant::now() + within;
-    let tasks = loop {
-        let all = all_tasks(store.as_ref()).await;
-        let pending = all.iter().filter(|t| !t.status.is_terminal()).count();
-        if pending == 0 && all.len() >= known.len() {
-            break all;
+    loop {
+        let unfinished = unfinished(store.as_ref()).await;
+        if unfinished == 0 {
+            break;
         }
-        assert!(Instant::now() < deadline, "{pending} of {} tasks still not terminal after {within:?}", all.len());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+        assert!(
+            Instant::now() < deadline,
+            "{unfinished} tasks still not terminal after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let tasks = all_tasks(store.as_ref()).await;
+    assert!(
+        tasks.iter().all(|t| t.status.is_terminal()),
+        "the index and the tasks disagree"
+    );
     let settled_in = started.elapsed();
 
     // None lost: every id a client was given is in the store (and, above, terminal).
@@ -188,20 +232,44 @@ async fn run(
     let (mut resent, mut takeovers, mut total_runs, mut max_seq) = (0, 0, 0, 0);
     for t in &tasks {
         *statuses.entry(t.status).or_default() += 1;
-        let terminal_transitions = t.history.iter().filter(|e| e.to.is_some_and(|s| s.is_terminal())).count();
-        assert_eq!(terminal_transitions, 1, "task {} has {terminal_transitions} terminal transitions", t.id);
+        let terminal_transitions = t
+            .history
+            .iter()
+            .filter(|e| e.to.is_some_and(|s| s.is_terminal()))
+            .count();
+        assert_eq!(
+            terminal_transitions, 1,
+            "task {} has {terminal_transitions} terminal transitions",
+            t.id
+        );
         let ran = runs.get(&t.id).copied().unwrap_or(0);
-        assert!(ran <= t.attempts, "task {}: handler ran {ran} times in {} attempts", t.id, t.attempts);
+        assert!(
+            ran <= t.attempts,
+            "task {}: handler ran {ran} times in {} attempts",
+            t.id,
+            t.attempts
+        );
         total_runs += ran;
         assert_valid_history(t);
         max_seq = max_seq.max(t.history.len());
-        resent += t.history.iter().filter(|e| e.kind == taskq_core::EventKind::MessageResent).count();
-        takeovers += t.history.iter().filter(|e| e.kind == taskq_core::EventKind::LeaseExpired).count();
+        resent += t
+            .history
+            .iter()
+            .filter(|e| e.kind == taskq_core::EventKind::MessageResent)
+            .count();
+        takeovers += t
+            .history
+            .iter()
+            .filter(|e| e.kind == taskq_core::EventKind::LeaseExpired)
+            .count();
         if t.task_type.as_str() == "echo" && t.status == Status::Succeeded {
             assert_eq!(t.result.as_ref(), Some(&t.payload));
         }
     }
-    let faults = server.faults.as_ref().map(|f| serde_json::to_value(f.as_ref()).unwrap());
+    let faults = server
+        .faults
+        .as_ref()
+        .map(|f| serde_json::to_value(f.as_ref()).unwrap());
     eprintln!(
         "fault run: {} tasks in the store, {} known to clients, {} clients gave up after errors; \
          submitted in {submitted_in:?}, all terminal after {settled_in:?}\n  \
@@ -214,7 +282,10 @@ async fn run(
     );
     assert!(tasks.len() >= TASKS - client_gave_up as usize);
     assert!(statuses.get(&Status::Succeeded).copied().unwrap_or(0) as usize > TASKS / 2);
-    assert!(statuses.get(&Status::Failed).copied().unwrap_or(0) > 0, "poison tasks fail");
+    assert!(
+        statuses.get(&Status::Failed).copied().unwrap_or(0) > 0,
+        "poison tasks fail"
+    );
     drop(server);
 }
 
@@ -284,11 +355,37 @@ async fn submit_as(service: &TaskService, u: usize) -> ClientOutcome {
     (known, gave_up, errors)
 }
 
+async fn unfinished(store: &dyn TaskStore) -> usize {
+    let mut n = 0;
+    for p in Priority::ALL {
+        for shard in 0..taskq_core::ACTIVE_SHARDS {
+            let mut q = taskq_core::ActiveQuery {
+                priority: *p,
+                shard,
+                limit: 100,
+                after: None,
+            };
+            loop {
+                let page = store.active(&q).await.unwrap();
+                n += page.tasks.len();
+                match page.next {
+                    Some(next) => q.after = Some(next),
+                    None => break,
+                }
+            }
+        }
+    }
+    n
+}
+
 async fn all_tasks(store: &dyn TaskStore) -> Vec<Task> {
     let mut out = Vec::new();
     for u in 0..USERS {
         let user = format!("user-{u}");
-        let mut q = ListQuery { limit: 100, ..Default::default() };
+        let mut q = ListQuery {
+            limit: 100,
+            ..Default::default()
+        };
         loop {
             let page = store.list(&user, &q).await.unwrap();
             out.extend(page.tasks);
@@ -312,7 +409,13 @@ fn assert_valid_history(t: &Task) {
             match state {
                 None => assert_eq!(to, Status::Queued),
                 Some(from) => {
-                    assert_eq!(e.from, Some(from), "task {}: event {} from the wrong state", t.id, e.seq);
+                    assert_eq!(
+                        e.from,
+                        Some(from),
+                        "task {}: event {} from the wrong state",
+                        t.id,
+                        e.seq
+                    );
                     assert!(is_valid_step(from, to), "task {}: {from} -> {to}", t.id);
                 }
             }

@@ -6,9 +6,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::json;
 use taskq_core::memory::{MemoryQueueConfig, MemoryTaskQueue, MemoryTaskStore};
-use taskq_core::{
-    EventKind, NewTask, Priority, Snapshot, Status, Task, TaskQueue, TaskService, TaskStore, Transition,
-};
+use taskq_core::{EventKind, NewTask, Priority, Snapshot, Status, Task, TaskQueue, TaskService, TaskStore, Transition};
 use taskq_sweeper::{Sweeper, SweeperConfig};
 
 struct Env {
@@ -55,16 +53,22 @@ async fn a_queued_task_without_a_message_is_resent_once_it_is_overdue() {
     assert_eq!(e.queue.depth(Priority::High), 1);
     let after = e.store.get("u", t.id).await.unwrap().unwrap();
     assert_eq!(after.history.last().unwrap().kind, EventKind::MessageResent);
-    assert_eq!(e.sweeper.sweep().await.resent_stranded, 0, "the re-send restarted the clock");
+    assert_eq!(
+        e.sweeper.sweep().await.resent_stranded,
+        0,
+        "the re-send restarted the clock"
+    );
 }
 
 #[tokio::test]
 async fn a_running_task_past_its_lease_gets_its_message_back() {
     let e = env();
     let t = stranded(&e, "low").await;
-    let start = Transition::Start { lease_until: Utc::now() - chrono::Duration::seconds(1) }
-        .plan(Snapshot::from(&t), Utc::now())
-        .unwrap();
+    let start = Transition::Start {
+        lease_until: Utc::now() - chrono::Duration::seconds(1),
+    }
+    .plan(Snapshot::from(&t), Utc::now())
+    .unwrap();
     e.store.apply("u", t.id, &start).await.unwrap();
     let report = e.sweeper.sweep().await;
     assert_eq!(report.resent_expired_leases, 1);
@@ -79,8 +83,16 @@ async fn dead_letters_mark_their_tasks_dead_and_redrive_brings_them_back() {
     let t = service.submit("u", &new, None).await.unwrap().task;
     // max_receive_count 1: the second receive moves it to the DLQ.
     let got = e.queue.receive(Priority::Normal, 10, Duration::ZERO).await.unwrap();
-    e.queue.change_visibility(Priority::Normal, &got[0].receipt, Duration::ZERO).await.unwrap();
-    assert!(e.queue.receive(Priority::Normal, 10, Duration::ZERO).await.unwrap().is_empty());
+    e.queue
+        .change_visibility(Priority::Normal, &got[0].receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(e
+        .queue
+        .receive(Priority::Normal, 10, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
 
     let report = e.sweeper.sweep().await;
     assert_eq!((report.dead_letters_seen, report.marked_dead), (1, 1));
@@ -96,7 +108,9 @@ async fn dead_letters_mark_their_tasks_dead_and_redrive_brings_them_back() {
 }
 
 async fn redrive_now(e: &Env) -> taskq_core::admin::RedriveReport {
-    taskq_core::admin::redrive(e.store.as_ref(), e.queue.as_ref(), Priority::Normal).await.unwrap()
+    taskq_core::admin::redrive(e.store.as_ref(), e.queue.as_ref(), Priority::Normal)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -106,9 +120,19 @@ async fn redrive_revives_dead_tasks_and_requeues_their_messages() {
     let service = TaskService::new(e.store.clone(), e.queue.clone());
     let t = service.submit("u", &new, None).await.unwrap().task;
     let got = e.queue.receive(Priority::Normal, 10, Duration::ZERO).await.unwrap();
-    e.queue.change_visibility(Priority::Normal, &got[0].receipt, Duration::ZERO).await.unwrap();
-    assert!(e.queue.receive(Priority::Normal, 10, Duration::ZERO).await.unwrap().is_empty());
-    let dead = Transition::Dead { detail: "dlq".into() }.plan(Snapshot::from(&t), Utc::now()).unwrap();
+    e.queue
+        .change_visibility(Priority::Normal, &got[0].receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(e
+        .queue
+        .receive(Priority::Normal, 10, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
+    let dead = Transition::Dead { detail: "dlq".into() }
+        .plan(Snapshot::from(&t), Utc::now())
+        .unwrap();
     e.store.apply("u", t.id, &dead).await.unwrap();
 
     let report = redrive_now(&e).await;

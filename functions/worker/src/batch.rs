@@ -292,7 +292,12 @@ impl Worker {
     async fn execute(&self, task: &Task, deadline: Instant) -> (Result<Value, HandlerError>, bool) {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let watcher = tokio::spawn({
-            let (store, poll, user_id, id) = (self.store.clone(), self.config.cancel_poll, task.user_id.clone(), task.id);
+            let (store, poll, user_id, id) = (
+                self.store.clone(),
+                self.config.cancel_poll,
+                task.user_id.clone(),
+                task.id,
+            );
             async move {
                 loop {
                     tokio::time::sleep(poll).await;

@@ -389,7 +389,11 @@ async fn a_running_handler_sees_cancellation_and_stops() {
     };
     let (failed, ()) = tokio::join!(poll, cancel);
     assert!(failed.is_empty());
-    assert!(started.elapsed() < Duration::from_secs(2), "stopped early: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "stopped early: {:?}",
+        started.elapsed()
+    );
     let done = e.task(&t).await;
     assert_eq!(done.status, Status::Cancelled);
     assert_eq!(done.error.as_ref().unwrap().kind, "cancelled");

@@ -227,7 +227,10 @@ impl TaskQueue for MemoryTaskQueue {
         let now = Instant::now();
         let mut q = self.lock(p);
         for m in q.dead.iter_mut() {
-            if received.iter().any(|d| m.receipt.as_deref() == Some(d.receipt.as_str())) {
+            if received
+                .iter()
+                .any(|d| m.receipt.as_deref() == Some(d.receipt.as_str()))
+            {
                 m.visible_at = now;
             }
         }
