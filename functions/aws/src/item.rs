@@ -117,16 +117,21 @@ pub enum ItemError {
     Field(&'static str),
 }
 
+impl From<&TaskEvent> for StoredEvent {
+    fn from(e: &TaskEvent) -> Self {
+        Self {
+            at: e.at,
+            kind: e.kind,
+            from: e.from,
+            to: e.to,
+            attempt: e.attempt,
+            detail: e.detail.clone(),
+        }
+    }
+}
+
 pub fn event_value(e: &TaskEvent) -> Result<AttributeValue, ItemError> {
-    let stored = StoredEvent {
-        at: e.at,
-        kind: e.kind,
-        from: e.from,
-        to: e.to,
-        attempt: e.attempt,
-        detail: e.detail.clone(),
-    };
-    Ok(serde_dynamo::to_attribute_value(stored)?)
+    Ok(serde_dynamo::to_attribute_value(StoredEvent::from(e))?)
 }
 
 pub fn json_text(v: &serde_json::Value) -> String {
@@ -160,18 +165,7 @@ pub fn to_item(task: &Task) -> Result<Item, ItemError> {
         run_at: task.run_at,
         lease_until: task.lease_until,
         cancel_requested: task.cancel_requested,
-        events: task
-            .history
-            .iter()
-            .map(|e| StoredEvent {
-                at: e.at,
-                kind: e.kind,
-                from: e.from,
-                to: e.to,
-                attempt: e.attempt,
-                detail: e.detail.clone(),
-            })
-            .collect(),
+        events: task.history.iter().map(StoredEvent::from).collect(),
     };
     Ok(serde_dynamo::to_item(item)?)
 }
