@@ -5,12 +5,15 @@
 
 pub mod bootstrap;
 pub mod config;
+pub mod elasticache;
 mod dynamodb;
 mod item;
+pub mod redis_cache;
 mod sqs;
 pub mod telemetry;
 pub mod testing;
 
 pub use config::{AwsConfig, QueueUrls};
 pub use dynamodb::DynamoDbTaskStore;
+pub use redis_cache::{RedisCache, RedisSettings};
 pub use sqs::SqsTaskQueue;

@@ -3,10 +3,12 @@
 //! adapters in [`memory`] give tests and the local server the same semantics.
 
 pub mod admin;
+pub mod cache;
 pub mod faults;
 pub mod limits;
 pub mod memory;
 pub mod ports;
+pub mod rate;
 pub mod service;
 pub mod submit;
 pub mod task;

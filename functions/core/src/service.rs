@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::Utc;
 use thiserror::Error;
 
+use crate::cache::CacheLayer;
 use crate::limits::IDEMPOTENCY_TTL_SECONDS;
 use crate::ports::{Created, IdempotencyClaim, ListQuery, QueueError, StoreError, TaskPage, TaskQueue, TaskStore};
 use crate::submit::{FieldError, NewTask};
@@ -52,14 +53,33 @@ pub struct Submitted {
 pub struct TaskService {
     store: Arc<dyn TaskStore>,
     queue: Arc<dyn TaskQueue>,
+    cache: Option<CacheLayer>,
 }
+
+/// While waiting on a subscription, the task is still re-read this often: change messages are
+/// at most once, and a lost one must not turn a 1 s task into a 20 s wait.
+const WAIT_SAFETY_POLL: Duration = Duration::from_secs(2);
 
 /// How many times a cancel re-reads and retries when the task moved under it.
 const CANCEL_RACE_RETRIES: usize = 5;
 
 impl TaskService {
     pub fn new(store: Arc<dyn TaskStore>, queue: Arc<dyn TaskQueue>) -> Self {
-        Self { store, queue }
+        Self {
+            store,
+            queue,
+            cache: None,
+        }
+    }
+
+    /// Serves status reads from `cache` and wakes `?wait` callers on its change messages.
+    pub fn with_cache(mut self, cache: CacheLayer) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    pub fn cache(&self) -> Option<&CacheLayer> {
+        self.cache.as_ref()
     }
 
     pub fn store(&self) -> &Arc<dyn TaskStore> {
@@ -217,12 +237,53 @@ impl TaskService {
         self.store.get(user_id, id).await?.ok_or(ServiceError::NotFound)
     }
 
-    /// Returns the task once it is terminal or `wait` has passed, polling with a growing interval.
+    /// The task as `GET /v1/tasks/{id}` shows it (`history` may be empty): from the cache when it
+    /// has the task, else from the store, filling the cache. A failing cache is skipped.
+    pub async fn status(&self, user_id: &str, id: TaskId) -> Result<Task, ServiceError> {
+        let Some(layer) = &self.cache else {
+            return self.get(user_id, id).await;
+        };
+        if let Ok(Some(task)) = layer.guard.run(layer.cache.get(user_id, id)).await {
+            return Ok(task);
+        }
+        let task = self.get(user_id, id).await?;
+        // Fill: the cache keeps the newer version if a change landed meanwhile.
+        let _ = layer.guard.run(layer.cache.put(&task)).await;
+        Ok(task)
+    }
+
+    /// Returns the task once it is terminal or `wait` has passed. With a cache, wakes on the
+    /// task's change messages (re-reading every [`WAIT_SAFETY_POLL`] too); without one, or when
+    /// subscribing fails, polls the store with a growing interval.
     pub async fn wait_terminal(&self, user_id: &str, id: TaskId, wait: Duration) -> Result<Task, ServiceError> {
         let deadline = tokio::time::Instant::now() + wait;
+        if let Some(layer) = &self.cache {
+            // Subscribe before the first read, so a change between the two is not missed.
+            if let Ok(mut watch) = layer.guard.run(layer.cache.subscribe(user_id, id)).await {
+                loop {
+                    let task = self.status(user_id, id).await?;
+                    let now = tokio::time::Instant::now();
+                    if task.status.is_terminal() || now >= deadline {
+                        return Ok(task);
+                    }
+                    let nap = WAIT_SAFETY_POLL.min(deadline - now);
+                    tokio::select! {
+                        woke = watch.changed() => if woke.is_err() {
+                            // The subscription broke: finish by polling.
+                            break;
+                        },
+                        _ = tokio::time::sleep(nap) => {}
+                    }
+                }
+            }
+        }
+        self.poll_terminal(user_id, id, deadline).await
+    }
+
+    async fn poll_terminal(&self, user_id: &str, id: TaskId, deadline: tokio::time::Instant) -> Result<Task, ServiceError> {
         let mut interval = Duration::from_millis(50);
         loop {
-            let task = self.get(user_id, id).await?;
+            let task = self.status(user_id, id).await?;
             let now = tokio::time::Instant::now();
             if task.status.is_terminal() || now >= deadline {
                 return Ok(task);

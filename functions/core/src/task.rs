@@ -199,7 +199,7 @@ pub fn active_shard(id: TaskId) -> u8 {
 
 /// A task as clients see it (its JSON is the contract's task object) plus the fields the
 /// service keeps for itself (`user_id`, `lease_until`, `history`), which are not serialized.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     pub id: TaskId,
     #[serde(skip)]
@@ -224,7 +224,7 @@ pub struct Task {
     pub finished_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_at: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub cancel_requested: bool,
     /// While running: when the attempt's worker is presumed dead if it has not written.
     #[serde(skip)]
