@@ -31,6 +31,12 @@ pub enum ApiError {
     Conflict(String),
     #[error("the Idempotency-Key was already used with a different request body")]
     IdempotencyMismatch,
+    #[error("too many requests: at most {limit} at once and {per_second}/s for your role; retry in {retry_after} s")]
+    RateLimited {
+        limit: u32,
+        per_second: f64,
+        retry_after: u64,
+    },
     #[error("{detail}")]
     Unavailable { detail: String, retry_after: u32 },
     #[error("internal error")]
@@ -49,6 +55,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -70,6 +77,7 @@ impl ApiError {
                 "idempotency-key-reused",
                 "Idempotency-Key reused with a different request",
             ),
+            ApiError::RateLimited { .. } => ("rate-limited", "Too many requests"),
             ApiError::Unavailable { .. } => ("unavailable", "Service temporarily unavailable"),
             ApiError::Internal => ("internal", "Internal error"),
         }
@@ -155,6 +163,9 @@ impl IntoResponse for ApiError {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             ApiError::Unavailable { retry_after, .. } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            ApiError::RateLimited { retry_after, .. } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
             _ => {}

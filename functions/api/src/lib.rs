@@ -5,6 +5,7 @@ pub mod auth;
 mod body;
 pub mod error;
 mod etag;
+mod limit;
 mod routes;
 mod state;
 

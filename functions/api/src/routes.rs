@@ -19,19 +19,24 @@ use taskq_core::{FieldError, ListQuery, NewTask, Priority, Status, Submitted, Ta
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{body, etag, OPENAPI};
+use crate::{body, etag, limit, OPENAPI};
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/openapi.json", get(openapi))
+    // Authenticated routes go through the rate limiter; `route_layer` keeps unknown paths 404.
+    let authenticated = Router::new()
         .route("/v1/tasks", post(submit).get(list))
         .route("/v1/tasks/batch", post(submit_batch))
         .route("/v1/tasks/{id}", get(get_task))
         .route("/v1/tasks/{id}/cancel", post(cancel))
         .route("/v1/tasks/{id}/events", get(events))
         .route("/v1/admin/queues", get(admin_queues))
+        .route("/v1/admin/cache", get(admin_cache))
         .route("/v1/admin/dlq/{priority}/redrive", post(admin_redrive))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), limit::rate_limit));
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi))
+        .merge(authenticated)
         .fallback(|| async { ApiError::RouteNotFound("no route matches this path".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("this route does not accept this method".into())
@@ -70,6 +75,19 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
+/// A role may submit up to its configured priority (`TASKQ_MAX_PRIORITY`).
+fn allowed_priority(state: &AppState, caller: &Caller, new: &NewTask, prefix: &str) -> Result<(), ApiError> {
+    let max = state.policy.max_priority(&caller.roles);
+    // Priorities order high < normal < low: "above the maximum" is "less than" it.
+    if new.priority < max {
+        return Err(ApiError::Forbidden(format!(
+            "{prefix}priority {} is above what your roles may submit (at most {max})",
+            new.priority
+        )));
+    }
+    Ok(())
+}
+
 fn submitted_response(s: Submitted) -> Response {
     let status = if s.replayed {
         StatusCode::OK
@@ -96,6 +114,7 @@ async fn submit(
     let key = idempotency_key(&headers)?;
     let value = body::json(&headers, body, MAX_SUBMIT_BODY_BYTES).await?;
     let new = NewTask::from_json(&value, "")?;
+    allowed_priority(&state, &caller, &new, "")?;
     let submitted = state.service.submit(&caller.user_id, &new, key.as_deref()).await?;
     Ok(submitted_response(submitted))
 }
@@ -135,13 +154,35 @@ async fn submit_batch(
             };
             NewTask::from_json(&item, &prefix).map(|t| (t, key))
         })
-        .collect();
-    let results = state.service.submit_batch(&caller.user_id, parsed).await;
-    let results: Vec<Value> = results
+        .collect::<Vec<_>>();
+    // Items above the caller's priority get a 403 problem of their own; the rest are submitted.
+    let mut forbidden: Vec<Option<ApiError>> = Vec::with_capacity(parsed.len());
+    let mut allowed = Vec::with_capacity(parsed.len());
+    for (i, item) in parsed.into_iter().enumerate() {
+        match item {
+            Ok((new, key)) => match allowed_priority(&state, &caller, &new, &format!("tasks[{i}].")) {
+                Ok(()) => {
+                    forbidden.push(None);
+                    allowed.push(Ok((new, key)));
+                }
+                Err(e) => forbidden.push(Some(e)),
+            },
+            Err(e) => {
+                forbidden.push(None);
+                allowed.push(Err(e));
+            }
+        }
+    }
+    let mut submitted = state.service.submit_batch(&caller.user_id, allowed).await.into_iter();
+    let results: Vec<Value> = forbidden
         .into_iter()
-        .map(|r| match r {
-            Ok(s) => json!({"task": s.task}),
-            Err(e) => json!({"error": ApiError::from(e).problem()}),
+        .map(|f| match f {
+            Some(e) => json!({"error": e.problem()}),
+            None => match submitted.next() {
+                Some(Ok(s)) => json!({"task": s.task}),
+                Some(Err(e)) => json!({"error": ApiError::from(e).problem()}),
+                None => json!({"error": ApiError::Internal.problem()}),
+            },
         })
         .collect();
     Ok(json_response(StatusCode::ACCEPTED, &json!({"results": results})))
@@ -199,7 +240,7 @@ async fn get_task(
             .wait_terminal(&caller.user_id, id, Duration::from_secs(wait.into()))
             .await?
     } else {
-        state.service.get(&caller.user_id, id).await?
+        state.service.status(&caller.user_id, id).await?
     };
     Ok(with_etag(&headers, &task))
 }
@@ -308,4 +349,32 @@ async fn admin_redrive(
     let report =
         taskq_core::admin::redrive(state.service.store().as_ref(), state.service.queue().as_ref(), priority).await?;
     Ok(json_response(StatusCode::OK, &report))
+}
+
+/// The cache deployment (ElastiCache describe calls) and a live PING round trip.
+async fn admin_cache(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let (description, describe_error) = match &state.cache_info {
+        None => (None, Some("no cache is configured (TASKQ_CACHE_NAME unset)".to_owned())),
+        Some(info) => match info.describe().await {
+            Ok(d) => (Some(d), None),
+            Err(e) => (None, Some(format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()))),
+        },
+    };
+    let (ping_ms, ping_error) = match state.service.cache() {
+        None => (None, Some("no status cache in use".to_owned())),
+        Some(layer) => match layer.guard.run(layer.cache.ping()).await {
+            Ok(d) => (Some(d.as_secs_f64() * 1000.0), None),
+            Err(e) => (None, Some(e.to_string())),
+        },
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "cache": description,
+            "describe_error": describe_error,
+            "ping_ms": ping_ms,
+            "ping_error": ping_error,
+        }),
+    ))
 }

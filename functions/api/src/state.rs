@@ -1,5 +1,8 @@
 use std::sync::Arc;
 
+use taskq_core::cache::{CacheDescriber, RateLimiter};
+use taskq_core::memory::MemoryRateLimiter;
+use taskq_core::rate::RolePolicy;
 use taskq_core::TaskService;
 
 use crate::auth::Authenticator;
@@ -9,13 +12,32 @@ use crate::auth::Authenticator;
 pub struct AppState {
     pub service: TaskService,
     pub auth: Arc<Authenticator>,
+    pub policy: Arc<RolePolicy>,
+    pub limiter: Arc<dyn RateLimiter>,
+    /// Describes the cache deployment for `GET /v1/admin/cache` (none: the route says so).
+    pub cache_info: Option<Arc<dyn CacheDescriber>>,
 }
 
 impl AppState {
+    /// Default role policy, limited in this process.
     pub fn new(service: TaskService, auth: Authenticator) -> Self {
         Self {
             service,
             auth: Arc::new(auth),
+            policy: Arc::new(RolePolicy::default()),
+            limiter: Arc::new(MemoryRateLimiter::new()),
+            cache_info: None,
         }
+    }
+
+    pub fn with_limits(mut self, policy: RolePolicy, limiter: Arc<dyn RateLimiter>) -> Self {
+        self.policy = Arc::new(policy);
+        self.limiter = limiter;
+        self
+    }
+
+    pub fn with_cache_info(mut self, info: Arc<dyn CacheDescriber>) -> Self {
+        self.cache_info = Some(info);
+        self
     }
 }

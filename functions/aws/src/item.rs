@@ -312,3 +312,12 @@ mod tests {
         assert!(from_item(item).is_err());
     }
 }
+
+/// The task in a DynamoDB stream image (`NEW_IMAGE`); `None` for items that are not tasks
+/// (idempotency records).
+pub fn task_from_image(image: Item) -> Result<Option<Task>, ItemError> {
+    match image.get("sk") {
+        Some(AttributeValue::S(sk)) if sk.starts_with("T#") => from_item(image).map(Some),
+        _ => Ok(None),
+    }
+}

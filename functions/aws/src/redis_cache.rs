@@ -33,8 +33,13 @@ pub struct RedisSettings {
 impl RedisSettings {
     /// `None` when `TASKQ_REDIS_URL` is unset: no cache, in-process rate limits.
     pub fn from_env() -> Result<Option<Self>, String> {
+        Self::from_env_with(None)
+    }
+
+    /// As [`from_env`](Self::from_env), with `url` (a command-line flag) over `TASKQ_REDIS_URL`.
+    pub fn from_env_with(url: Option<String>) -> Result<Option<Self>, String> {
         let var = |n: &str| std::env::var(n).ok().filter(|v| !v.trim().is_empty());
-        let Some(url) = var("TASKQ_REDIS_URL") else {
+        let Some(url) = url.or_else(|| var("TASKQ_REDIS_URL")) else {
             return Ok(None);
         };
         let num = |n: &str, default: u64| -> Result<u64, String> {

@@ -57,3 +57,38 @@ fn ulid_like() -> String {
         .as_nanos();
     format!("{:x}{}{}", nanos, std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
+
+/// The variable `scripts/test` sets to its redis-server's URL.
+pub const REDIS_VAR: &str = "TASKQ_TEST_REDIS_URL";
+
+/// The test Redis URL; `None` only when skipping was asked for explicitly (never in CI).
+pub fn redis_url(test: &str) -> Option<String> {
+    if let Ok(url) = std::env::var(REDIS_VAR) {
+        return Some(url);
+    }
+    let in_ci = std::env::var_os("CI").is_some();
+    if !in_ci && std::env::var("TASKQ_SKIP_SERVER_TESTS").as_deref() == Ok("1") {
+        eprintln!("SKIPPED {test}: TASKQ_SKIP_SERVER_TESTS=1 and no {REDIS_VAR}");
+        return None;
+    }
+    panic!(
+        "{test} needs a redis-server: set {REDIS_VAR} (scripts/test starts one and sets it), \
+         or TASKQ_SKIP_SERVER_TESTS=1 to skip outside CI"
+    );
+}
+
+/// Settings for tests: a generous timeout (a loaded CI machine is not a VPC) and a short pause.
+pub fn redis_settings(url: &str) -> crate::RedisSettings {
+    crate::RedisSettings {
+        url: url.to_owned(),
+        cluster: false,
+        timeout: std::time::Duration::from_millis(500),
+        pause: std::time::Duration::from_millis(200),
+        ttl: taskq_core::cache::CacheTtl::default(),
+    }
+}
+
+/// A unique prefix for keys and users, so tests sharing one Redis never share state.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", ulid_like())
+}

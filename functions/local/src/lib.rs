@@ -7,7 +7,14 @@ pub mod esm;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use taskq_api::{router, AppState, Authenticator};
+pub use taskq_aws::RedisSettings;
+use taskq_aws::RedisCache;
+use taskq_core::cache::{CacheLayer, EmbeddedCache, FallbackLimiter, Guard, RateLimiter, RefreshingStore, StatusCache};
+use taskq_core::memory::{MemoryRateLimiter, MemoryStatusCache};
+pub use taskq_core::rate::RolePolicy;
 use taskq_core::faults::{FaultCounts, FaultPlan, FaultyQueue, FaultyStore};
 use taskq_core::memory::{MemoryQueueConfig, MemoryTaskQueue, MemoryTaskStore};
 use taskq_core::{TaskQueue, TaskService, TaskStore};
@@ -42,6 +49,10 @@ pub struct LocalOptions {
     pub sweeper: SweeperConfig,
     /// Inject faults into the store and queue ports.
     pub faults: Option<FaultPlan>,
+    /// Rate limits and priority caps per role.
+    pub policy: RolePolicy,
+    /// Status cache and rate limiter in Redis, as in AWS (`None`: both in this process).
+    pub redis: Option<RedisSettings>,
 }
 
 impl LocalOptions {
@@ -57,6 +68,8 @@ impl LocalOptions {
             sweep_every: Some(std::time::Duration::from_secs(60)),
             sweeper: SweeperConfig::default(),
             faults: None,
+            policy: RolePolicy::default(),
+            redis: None,
         }
     }
 }
@@ -69,6 +82,8 @@ pub struct LocalServer {
     pub queue: Arc<dyn TaskQueue>,
     /// Faults injected so far, when injecting.
     pub faults: Option<Arc<FaultCounts>>,
+    /// The store under the cache refresher: counts the reads that missed the cache.
+    pub refreshing: Arc<RefreshingStore>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -110,10 +125,35 @@ pub async fn start(options: LocalOptions) -> std::io::Result<LocalServer> {
         }
         None => (store, queue),
     };
+    let local_limiter: Arc<dyn RateLimiter> = Arc::new(MemoryRateLimiter::new());
+    let embedded = options.redis.is_none();
+    let (cache, limiter, guard): (Arc<dyn StatusCache>, Arc<dyn RateLimiter>, Guard) = match options.redis {
+        Some(settings) => {
+            let redis = Arc::new(RedisCache::new(settings.clone()).map_err(std::io::Error::other)?);
+            let limiter = Arc::new(FallbackLimiter::new(redis.clone(), local_limiter, settings.guard()));
+            (redis, limiter, settings.guard())
+        }
+        None => (
+            Arc::new(MemoryStatusCache::default()),
+            local_limiter,
+            Guard::new(Duration::from_millis(100), Duration::from_secs(1)),
+        ),
+    };
+    let layer = CacheLayer::new(cache, guard);
+    // Every write refreshes the cache and wakes waiters: the local stand-in for the DynamoDB
+    // stream consumer.
+    let refreshing = Arc::new(RefreshingStore::new(store, layer.clone()));
+    let store: Arc<dyn TaskStore> = refreshing.clone();
     let state = AppState::new(
-        TaskService::new(store.clone(), queue.clone()),
+        TaskService::new(store.clone(), queue.clone()).with_cache(layer),
         Authenticator::new(Some(&options.jwt_secret), None, None),
-    );
+    )
+    .with_limits(options.policy, limiter);
+    let state = if embedded {
+        state.with_cache_info(Arc::new(EmbeddedCache))
+    } else {
+        state
+    };
     let listener = TcpListener::bind(options.listen).await?;
     let addr = listener.local_addr()?;
     let app = router(state);
@@ -140,6 +180,7 @@ pub async fn start(options: LocalOptions) -> std::io::Result<LocalServer> {
         store,
         queue,
         faults: counts,
+        refreshing,
         tasks,
     })
 }

@@ -26,10 +26,15 @@ OPTIONS:
     --sweep-every SECONDS run the sweeper this often (default 60; 0 = never)
     --faults SPEC         inject faults, e.g. store_throttle=0.05,send_fail=0.02,send_duplicate=0.1,
                           store_error_after_write=0.02,crash_before_status_write=0.02,send_delay_max_ms=50
+    --redis-url URL       status cache, change messages and rate limits in Redis (as in AWS) instead
+                          of in this process; also read from TASKQ_REDIS_URL
 
 ENVIRONMENT:
     TASKQ_JWT_SECRET      HS256 secret for bearer tokens (default: a fixed dev secret)
     TASKQ_RETRY_BASE_MS, TASKQ_RETRY_CAP_MS   worker retry backoff
+    TASKQ_RATE_LIMITS     per-role rates, e.g. {\"default\":{\"per_second\":20,\"burst\":40}}
+    TASKQ_MAX_PRIORITY    per-role highest priority, e.g. {\"default\":\"normal\",\"admin\":\"high\"}
+    TASKQ_CACHE_TIMEOUT_MS, TASKQ_CACHE_PAUSE_MS, TASKQ_CACHE_TTL_ACTIVE_MS   Redis bounds (see README)
     RUST_LOG              log filter (default info)
 ";
 
@@ -116,6 +121,8 @@ async fn serve(mut args: Args) -> Result<(), String> {
     options.sweep_every = (sweep_every > 0).then(|| std::time::Duration::from_secs(sweep_every));
     options.sweeper = taskq_sweeper::SweeperConfig::from_env()?;
     options.faults = faults;
+    options.policy = taskq_local::RolePolicy::from_env().map_err(|e| e.to_string())?;
+    options.redis = taskq_local::RedisSettings::from_env_with(redis_url)?;
     options.backend = match backend.as_str() {
         "memory" => Backend::Memory(MemoryQueueConfig::default()),
         "aws" => {

@@ -1,0 +1,54 @@
+//! The DynamoDB stream consumer: for every task write, store the new version in the status
+//! cache and publish a change message that wakes `GET /v1/tasks/{id}?wait=N`. It runs inside
+//! the VPC next to the cache; workers and the sweeper need not reach Redis.
+//!
+//! Refreshing is best effort. A record whose refresh fails is not retried: retrying would hold
+//! up the shard behind a cache outage, and the entry it would have replaced expires within the
+//! active TTL anyway (terminal entries are written once and do not change).
+
+use std::collections::HashMap;
+
+use aws_lambda_events::dynamodb::{Event, EventRecord};
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde::Serialize;
+use taskq_core::cache::CacheLayer;
+use taskq_core::Task;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct StreamReport {
+    pub refreshed: usize,
+    /// Records of other items (idempotency keys) and removals (TTL).
+    pub ignored: usize,
+    /// Images that did not read as a task: logged and skipped.
+    pub unreadable: usize,
+}
+
+/// The task a record's new image holds, if it holds one.
+pub fn task_of(record: &EventRecord) -> Result<Option<Task>, String> {
+    if record.event_name == "REMOVE" {
+        return Ok(None);
+    }
+    let image: HashMap<String, AttributeValue> = record.change.new_image.clone().into();
+    if image.is_empty() {
+        return Err("the record has no new image: the stream must be NEW_IMAGE or NEW_AND_OLD_IMAGES".into());
+    }
+    taskq_aws::task_from_image(image).map_err(|e| e.to_string())
+}
+
+pub async fn handle(event: &Event, cache: &CacheLayer) -> StreamReport {
+    let mut report = StreamReport::default();
+    for record in &event.records {
+        match task_of(record) {
+            Ok(Some(task)) => {
+                cache.refresh(&task).await;
+                report.refreshed += 1;
+            }
+            Ok(None) => report.ignored += 1,
+            Err(e) => {
+                tracing::error!(error = %e, event_id = %record.event_id, "stream record is not a readable task");
+                report.unreadable += 1;
+            }
+        }
+    }
+    report
+}
