@@ -113,6 +113,7 @@ async fn serve(mut args: Args) -> Result<(), String> {
         .map(|spec| taskq_core::faults::FaultPlan::parse(&spec))
         .transpose()
         .map_err(|e| format!("--faults: {e}"))?;
+    let redis_url = args.value("--redis-url")?;
     args.finish()?;
 
     let mut options = LocalOptions::new(listen, secret());
