@@ -59,29 +59,31 @@ pub struct RateDecision {
 /// One GCRA step. `tat_us` is the stored theoretical arrival time (None: never seen or expired),
 /// `now_us` the clock. Returns the decision and, when allowed, the TAT to store.
 pub fn gcra(tat_us: Option<u64>, now_us: u64, quota: Quota) -> (RateDecision, Option<u64>) {
-    let t = quota.emission_us();
-    let tolerance = t * u64::from(quota.burst);
-    let tat = tat_us.unwrap_or(now_us).max(now_us);
+    let t = i128::from(quota.emission_us());
+    let now = i128::from(now_us);
+    let tat = i128::from(tat_us.unwrap_or(now_us)).max(now);
     let new_tat = tat + t;
-    let allow_at = new_tat.saturating_sub(tolerance);
-    if allow_at > now_us {
+    // Signed: early in a clock's life `new_tat` can be below the tolerance.
+    let allow_at = new_tat - t * i128::from(quota.burst);
+    let micros = |v: i128| Duration::from_micros(v.clamp(0, i128::from(u64::MAX)) as u64);
+    if allow_at > now {
         let decision = RateDecision {
             allowed: false,
             limit: quota.burst,
             remaining: 0,
-            reset: Duration::from_micros(tat - now_us),
-            retry_after: Duration::from_micros(allow_at - now_us),
+            reset: micros(tat - now),
+            retry_after: micros(allow_at - now),
         };
         return (decision, None);
     }
     let decision = RateDecision {
         allowed: true,
         limit: quota.burst,
-        remaining: ((now_us - allow_at) / t) as u32,
-        reset: Duration::from_micros(new_tat - now_us),
+        remaining: ((now - allow_at) / t).clamp(0, i128::from(u32::MAX)) as u32,
+        reset: micros(new_tat - now),
         retry_after: Duration::ZERO,
     };
-    (decision, Some(new_tat))
+    (decision, Some(new_tat as u64))
 }
 
 #[derive(Debug, Error, PartialEq)]
