@@ -1,139 +1,9 @@
 //! The HTTP contract, through the Router (as `axum::serve` runs it) and through the Lambda
 //! adapter with the API Gateway events in `events/` (as `lambda_http::run` runs it).
 
-use std::sync::Arc;
+mod common;
 
-use axum::body::Body;
-use base64::Engine;
-use http::{Method, Request, StatusCode};
-use http_body_util::BodyExt;
-use serde_json::{json, Value};
-use taskq_api::{router, AppState, Authenticator};
-use taskq_core::memory::{MemoryTaskQueue, MemoryTaskStore};
-use taskq_core::{Priority, TaskQueue, TaskService};
-use tower::ServiceExt;
-
-const SECRET: &str = "test-secret";
-
-struct TestApp {
-    router: axum::Router,
-    queue: Arc<MemoryTaskQueue>,
-    spec: Value,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: Value,
-}
-
-fn token(sub: &str) -> String {
-    taskq_api::auth::mint(SECRET, sub, &[], 600).unwrap()
-}
-
-impl TestApp {
-    fn new() -> Self {
-        Self::with_auth(Authenticator::new(Some(SECRET), None, None))
-    }
-
-    fn with_auth(auth: Authenticator) -> Self {
-        let queue = Arc::new(MemoryTaskQueue::default());
-        let service = TaskService::new(Arc::new(MemoryTaskStore::new()), queue.clone());
-        Self {
-            router: router(AppState::new(service, auth)),
-            queue,
-            spec: serde_json::from_str(taskq_api::OPENAPI).unwrap(),
-        }
-    }
-
-    async fn send(&self, req: Request<Body>) -> Reply {
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let res = self.router.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        self.assert_documented(&method, &path, status, &headers);
-        Reply { status, headers, body }
-    }
-
-    /// Every response the tests see must be one the OpenAPI document lists for its route.
-    fn assert_documented(&self, method: &Method, path: &str, status: StatusCode, headers: &http::HeaderMap) {
-        let Some(template) = spec_path(&self.spec, path) else {
-            assert_eq!(status, StatusCode::NOT_FOUND, "{path} is not in the spec");
-            return;
-        };
-        let Some(op) = self.spec["paths"][&template].get(method.as_str().to_lowercase()) else {
-            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {template}");
-            return;
-        };
-        assert!(
-            op["responses"].get(status.as_str()).is_some(),
-            "{method} {template} answered {status}, which the spec does not list"
-        );
-        if status.is_client_error() || status.is_server_error() {
-            assert_eq!(headers["content-type"], "application/problem+json");
-        }
-    }
-
-    fn request(&self, method: Method, uri: &str, user: Option<&str>, body: Option<Value>) -> Request<Body> {
-        let mut b = Request::builder().method(method).uri(uri);
-        if let Some(u) = user {
-            b = b.header("authorization", format!("Bearer {}", token(u)));
-        }
-        match body {
-            Some(v) => b
-                .header("content-type", "application/json")
-                .body(Body::from(v.to_string()))
-                .unwrap(),
-            None => b.body(Body::empty()).unwrap(),
-        }
-    }
-
-    async fn submit(&self, user: &str, body: Value) -> Reply {
-        self.send(self.request(Method::POST, "/v1/tasks", Some(user), Some(body)))
-            .await
-    }
-
-    async fn get(&self, user: &str, uri: &str) -> Reply {
-        self.send(self.request(Method::GET, uri, Some(user), None)).await
-    }
-
-    async fn post(&self, user: &str, uri: &str) -> Reply {
-        self.send(self.request(Method::POST, uri, Some(user), None)).await
-    }
-}
-
-/// The spec's path template matching a concrete path.
-fn spec_path(spec: &Value, path: &str) -> Option<String> {
-    let parts: Vec<&str> = path.split('/').collect();
-    spec["paths"]
-        .as_object()?
-        .keys()
-        .find(|t| {
-            let tp: Vec<&str> = t.split('/').collect();
-            tp.len() == parts.len() && tp.iter().zip(&parts).all(|(a, b)| a.starts_with('{') || a == b)
-        })
-        .filter(|t| !(t.contains("{id}") && parts.get(3) == Some(&"batch")))
-        .cloned()
-}
-
-fn assert_problem(r: &Reply, status: u16, field: Option<&str>) {
-    assert_eq!(r.status.as_u16(), status, "{}", r.body);
-    for key in ["type", "title", "status", "detail"] {
-        assert!(r.body.get(key).is_some(), "problem without {key}: {}", r.body);
-    }
-    assert_eq!(r.body["status"], status);
-    if let Some(f) = field {
-        assert_eq!(r.body["field"], f, "{}", r.body);
-        assert!(r.body["detail"].as_str().unwrap().contains(f));
-    }
-}
+use common::*;
 
 #[tokio::test]
 async fn health_and_openapi_need_no_token() {
@@ -148,7 +18,7 @@ async fn health_and_openapi_need_no_token() {
 async fn openapi_describes_every_route_the_router_serves() {
     let app = TestApp::new();
     let paths: Vec<&String> = app.spec["paths"].as_object().unwrap().keys().collect();
-    assert_eq!(paths.len(), 9);
+    assert_eq!(paths.len(), 10);
     for (method, path) in [
         ("get", "/v1/health"),
         ("get", "/v1/openapi.json"),
@@ -159,6 +29,7 @@ async fn openapi_describes_every_route_the_router_serves() {
         ("post", "/v1/tasks/{id}/cancel"),
         ("get", "/v1/tasks/{id}/events"),
         ("get", "/v1/admin/queues"),
+        ("get", "/v1/admin/cache"),
         ("post", "/v1/admin/dlq/{priority}/redrive"),
     ] {
         assert!(
