@@ -54,11 +54,12 @@ pub struct TaskService {
     store: Arc<dyn TaskStore>,
     queue: Arc<dyn TaskQueue>,
     cache: Option<CacheLayer>,
+    wait_poll: Duration,
 }
 
-/// While waiting on a subscription, the task is still re-read this often: change messages are
-/// at most once, and a lost one must not turn a 1 s task into a 20 s wait.
-const WAIT_SAFETY_POLL: Duration = Duration::from_secs(2);
+/// While waiting on a subscription, the task is still re-read this often (by default): change
+/// messages are at most once, and a lost one must not turn a 1 s task into a 20 s wait.
+pub const WAIT_SAFETY_POLL: Duration = Duration::from_secs(2);
 
 /// How many times a cancel re-reads and retries when the task moved under it.
 const CANCEL_RACE_RETRIES: usize = 5;
@@ -69,7 +70,14 @@ impl TaskService {
             store,
             queue,
             cache: None,
+            wait_poll: WAIT_SAFETY_POLL,
         }
+    }
+
+    /// How often a subscribed `?wait` re-reads the task anyway (default [`WAIT_SAFETY_POLL`]).
+    pub fn with_wait_poll(mut self, every: Duration) -> Self {
+        self.wait_poll = every;
+        self
     }
 
     /// Serves status reads from `cache` and wakes `?wait` callers on its change messages.
@@ -266,7 +274,7 @@ impl TaskService {
                     if task.status.is_terminal() || now >= deadline {
                         return Ok(task);
                     }
-                    let nap = WAIT_SAFETY_POLL.min(deadline - now);
+                    let nap = self.wait_poll.min(deadline - now);
                     tokio::select! {
                         woke = watch.changed() => if woke.is_err() {
                             // The subscription broke: finish by polling.
