@@ -23,6 +23,8 @@ struct TestApp {
 fn options(backend: Backend) -> LocalOptions {
     let mut o = LocalOptions::new("127.0.0.1:0".parse().unwrap(), SECRET);
     o.backend = backend;
+    // These tests drive load through one user; rate limits have tests of their own.
+    o.policy = taskq_local::RolePolicy::parse(Some(r#"{"default":{"per_second":100000,"burst":100000}}"#), None).unwrap();
     o.worker = WorkerConfig {
         retry_base: Duration::from_millis(200),
         retry_cap: Duration::from_millis(400),
@@ -39,15 +41,19 @@ async fn memory(_: &str) -> Option<TestApp> {
     Some(TestApp::start(options(Backend::Memory(MemoryQueueConfig::default()))).await)
 }
 
+/// The AWS shape: DynamoDB and SQS on moto, the status cache and rate limiter on redis-server.
 async fn moto(test: &str) -> Option<TestApp> {
     let endpoint = taskq_aws::testing::endpoint(test)?;
+    let redis = taskq_aws::testing::redis_url(test)?;
     let (sdk, config) = taskq_aws::testing::fresh(&endpoint, 30).await;
     let (store, queue) = config.adapters_from(&sdk);
     let backend = Backend::Ports {
         store: Arc::new(store),
         queue: Arc::new(queue),
     };
-    Some(TestApp::start(options(backend)).await)
+    let mut o = options(backend);
+    o.redis = Some(taskq_aws::testing::redis_settings(&redis));
+    Some(TestApp::start(o).await)
 }
 
 macro_rules! e2e {
