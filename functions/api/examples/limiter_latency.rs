@@ -32,9 +32,8 @@ fn summary(name: &str, mut samples: Vec<Duration>) -> Duration {
 async fn through_router(limiter: Arc<dyn RateLimiter>, requests: usize) -> Vec<Duration> {
     let service = TaskService::new(Arc::new(MemoryTaskStore::new()), Arc::new(MemoryTaskQueue::default()));
     let policy = RolePolicy::parse(Some(r#"{"default":{"per_second":1000000,"burst":1000000}}"#), None).unwrap();
-    let app = router(
-        AppState::new(service, Authenticator::new(Some("bench"), None, None)).with_limits(policy, limiter),
-    );
+    let app =
+        router(AppState::new(service, Authenticator::new(Some("bench"), None, None)).with_limits(policy, limiter));
     let token = taskq_api::auth::mint("bench", &format!("bench-{}", std::process::id()), &[], 3600).unwrap();
     let mut samples = Vec::with_capacity(requests);
     for i in 0..requests + 200 {

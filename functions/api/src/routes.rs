@@ -358,7 +358,13 @@ async fn admin_cache(State(state): State<AppState>, caller: Caller) -> Result<Re
         None => (None, Some("no cache is configured (TASKQ_CACHE_NAME unset)".to_owned())),
         Some(info) => match info.describe().await {
             Ok(d) => (Some(d), None),
-            Err(e) => (None, Some(format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()))),
+            Err(e) => (
+                None,
+                Some(format!(
+                    "{e}: {}",
+                    std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
+                )),
+            ),
         },
     };
     let (ping_ms, ping_error) = match state.service.cache() {

@@ -15,7 +15,14 @@ fn app(rate_limits: &str, max_priority: Option<&str>) -> TestApp {
     })
 }
 
-fn with_roles(app: &TestApp, method: Method, uri: &str, user: &str, roles: &[&str], body: Option<Value>) -> Request<Body> {
+fn with_roles(
+    app: &TestApp,
+    method: Method,
+    uri: &str,
+    user: &str,
+    roles: &[&str],
+    body: Option<Value>,
+) -> Request<Body> {
     let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
     let token = taskq_api::auth::mint(SECRET, user, &roles, 600).unwrap();
     let mut req = app.request(method, uri, None, body);
@@ -65,7 +72,14 @@ async fn the_most_generous_role_sets_the_limit_and_public_routes_are_not_limited
         None,
     );
     let admin = app
-        .send(with_roles(&app, Method::GET, "/v1/tasks", "root", &["ops", "admin"], None))
+        .send(with_roles(
+            &app,
+            Method::GET,
+            "/v1/tasks",
+            "root",
+            &["ops", "admin"],
+            None,
+        ))
         .await;
     assert_eq!(header(&admin, "ratelimit-limit"), 50);
     let user = app.get("alice", "/v1/tasks").await;
@@ -86,11 +100,23 @@ async fn a_priority_above_the_role_maximum_is_403_alone_and_per_item_in_a_batch(
         r#"{"default":{"per_second":100,"burst":100}}"#,
         Some(r#"{"default":"normal","admin":"high"}"#),
     );
-    let r = app.submit("alice", json!({"type": "echo", "payload": 1, "priority": "high"})).await;
+    let r = app
+        .submit("alice", json!({"type": "echo", "payload": 1, "priority": "high"}))
+        .await;
     assert_problem(&r, 403, None);
-    assert!(r.body["detail"].as_str().unwrap().contains("at most normal"), "{}", r.body);
-    assert_eq!(app.queue.stats(Priority::High).await.unwrap().visible, 0, "nothing queued");
-    let r = app.submit("alice", json!({"type": "echo", "payload": 1, "priority": "low"})).await;
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("at most normal"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        app.queue.stats(Priority::High).await.unwrap().visible,
+        0,
+        "nothing queued"
+    );
+    let r = app
+        .submit("alice", json!({"type": "echo", "payload": 1, "priority": "low"}))
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     let r = app
         .send(with_roles(
@@ -117,7 +143,10 @@ async fn a_priority_above_the_role_maximum_is_403_alone_and_per_item_in_a_batch(
     let results = r.body["results"].as_array().unwrap();
     assert_eq!(results[0]["task"]["payload"], 1);
     assert_eq!(results[1]["error"]["status"], 403);
-    assert!(results[1]["error"]["detail"].as_str().unwrap().contains("tasks[1].priority"));
+    assert!(results[1]["error"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("tasks[1].priority"));
     assert_eq!(results[2]["error"]["status"], 400);
     assert_eq!(results[3]["task"]["payload"], 4);
 }

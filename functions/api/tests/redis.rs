@@ -106,7 +106,11 @@ async fn status_polls_hit_the_cache_and_every_change_refreshes_it() {
         assert_eq!(r.app.get(&user(), &uri).await.status, StatusCode::NOT_FOUND);
 
         step(&r.store, &alice, id, start()).await;
-        assert_eq!(r.app.get(&alice, &uri).await.body["status"], "running", "stale after start");
+        assert_eq!(
+            r.app.get(&alice, &uri).await.body["status"],
+            "running",
+            "stale after start"
+        );
         // 1,000 polls of a running task over about 6 s: clients polling every 6 ms.
         let before = r.store.reads();
         let t0 = Instant::now();
@@ -119,7 +123,11 @@ async fn status_polls_hit_the_cache_and_every_change_refreshes_it() {
         let running_secs = t0.elapsed().as_secs_f64();
 
         step(&r.store, &alice, id, Transition::Succeed { result: json!("done") }).await;
-        assert_eq!(r.app.get(&alice, &uri).await.body["status"], "succeeded", "stale after finish");
+        assert_eq!(
+            r.app.get(&alice, &uri).await.body["status"],
+            "succeeded",
+            "stale after finish"
+        );
         let before = r.store.reads();
         for _ in 0..1000 {
             assert_eq!(r.app.get(&alice, &uri).await.status, StatusCode::OK);
@@ -132,7 +140,11 @@ async fn status_polls_hit_the_cache_and_every_change_refreshes_it() {
         counts.push((running_reads, finished_reads, running_secs));
     }
     let (on, off) = (counts[0], counts[1]);
-    assert_eq!((off.0, off.1), (1000, 1000), "without the cache every poll reads the store");
+    assert_eq!(
+        (off.0, off.1),
+        (1000, 1000),
+        "without the cache every poll reads the store"
+    );
     assert_eq!(on.1, 0, "a finished task's polls all hit the cache");
     // Running entries live 2 s: one read per expiry, plus slack for a slow machine.
     let expected = (on.2 / 2.0).ceil() as u64 + 2;
@@ -161,7 +173,10 @@ async fn wait_wakes_on_the_change_message() {
     assert_eq!(reply.body["status"], "succeeded");
     // The safety re-read is every 60 s here and the wait 15 s: only the message explains this.
     assert!(waited < Duration::from_secs(10), "woke after {waited:?}");
-    assert!(waited >= Duration::from_millis(400), "returned before the task finished");
+    assert!(
+        waited >= Duration::from_millis(400),
+        "returned before the task finished"
+    );
 }
 
 /// A redis-server of this test's own, on a free port, so it can be stopped and started.
@@ -173,7 +188,16 @@ struct OwnRedis {
 impl OwnRedis {
     fn start(port: u16) -> Self {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be on PATH (scripts/test installs it)");
@@ -228,7 +252,10 @@ async fn redis_stopping_mid_test_costs_no_errors_and_its_return_is_picked_up() {
         assert_eq!(got.body["status"], "queued");
         let list = r.app.get(&alice, "/v1/tasks").await;
         assert_eq!(list.status, StatusCode::OK);
-        assert!(list.headers.get("ratelimit-limit").is_some(), "the local fallback limits too");
+        assert!(
+            list.headers.get("ratelimit-limit").is_some(),
+            "the local fallback limits too"
+        );
         let new = r.app.submit(&alice, json!({"type": "echo", "payload": round})).await;
         assert_eq!(new.status, StatusCode::ACCEPTED);
         let waited = r.app.get(&alice, &format!("{uri}?wait=1")).await;
@@ -259,7 +286,10 @@ async fn redis_stopping_mid_test_costs_no_errors_and_its_return_is_picked_up() {
         if r.store.reads() - mark <= 1 {
             break; // one fill, then hits
         }
-        assert!(Instant::now() < deadline, "the cache was not used again after Redis returned");
+        assert!(
+            Instant::now() < deadline,
+            "the cache was not used again after Redis returned"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

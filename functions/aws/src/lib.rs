@@ -5,8 +5,8 @@
 
 pub mod bootstrap;
 pub mod config;
-pub mod elasticache;
 mod dynamodb;
+pub mod elasticache;
 mod item;
 pub mod redis_cache;
 mod sqs;

@@ -232,7 +232,10 @@ impl StatusCache for RedisCache {
 
     async fn subscribe(&self, user_id: &str, id: TaskId) -> Result<Box<dyn ChangeWatch>, CacheError> {
         let mut pubsub = self.client.get_async_pubsub().await.map_err(unavailable)?;
-        pubsub.subscribe(cache::task_key(user_id, id)).await.map_err(unavailable)?;
+        pubsub
+            .subscribe(cache::task_key(user_id, id))
+            .await
+            .map_err(unavailable)?;
         Ok(Box::new(RedisWatch { pubsub }))
     }
 

@@ -113,7 +113,10 @@ async fn a_put_task_reads_back_as_the_same_json_for_its_user_only(b: Backends) {
     let got = b.cache.get(&alice, t.id).await.unwrap().expect("cached");
     assert_eq!(got.user_id, alice);
     assert_eq!(serde_json::to_string(&got).unwrap(), serde_json::to_string(&t).unwrap());
-    assert!(b.cache.get(&user(), t.id).await.unwrap().is_none(), "another user's key");
+    assert!(
+        b.cache.get(&user(), t.id).await.unwrap().is_none(),
+        "another user's key"
+    );
 }
 
 async fn an_older_version_never_replaces_a_newer_one(b: Backends) {
@@ -127,10 +130,16 @@ async fn an_older_version_never_replaces_a_newer_one(b: Backends) {
     );
     b.cache.put(&running).await.unwrap();
     b.cache.put(&queued).await.unwrap(); // a slow read-through fill
-    assert_eq!(b.cache.get(&alice, queued.id).await.unwrap().unwrap().status, Status::Running);
+    assert_eq!(
+        b.cache.get(&alice, queued.id).await.unwrap().unwrap().status,
+        Status::Running
+    );
     let done = step(&running, Transition::Succeed { result: json!(1) });
     b.cache.put(&done).await.unwrap();
-    assert_eq!(b.cache.get(&alice, queued.id).await.unwrap().unwrap().status, Status::Succeeded);
+    assert_eq!(
+        b.cache.get(&alice, queued.id).await.unwrap().unwrap().status,
+        Status::Succeeded
+    );
 }
 
 async fn active_entries_expire_and_terminal_ones_stay(b: Backends) {
@@ -141,8 +150,14 @@ async fn active_entries_expire_and_terminal_ones_stay(b: Backends) {
     b.cache.put(&queued).await.unwrap();
     b.cache.put(&done).await.unwrap();
     tokio::time::sleep(TTL.active + Duration::from_millis(200)).await;
-    assert!(b.cache.get(&alice, queued.id).await.unwrap().is_none(), "active entry outlived its TTL");
-    assert!(b.cache.get(&alice, done.id).await.unwrap().is_some(), "terminal entry expired early");
+    assert!(
+        b.cache.get(&alice, queued.id).await.unwrap().is_none(),
+        "active entry outlived its TTL"
+    );
+    assert!(
+        b.cache.get(&alice, done.id).await.unwrap().is_some(),
+        "terminal entry expired early"
+    );
 }
 
 async fn subscribers_wake_on_their_task_only(b: Backends) {
@@ -152,7 +167,9 @@ async fn subscribers_wake_on_their_task_only(b: Backends) {
     b.cache.publish(&alice, other).await.unwrap();
     b.cache.publish(&user(), mine).await.unwrap();
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), watch.changed()).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(300), watch.changed())
+            .await
+            .is_err(),
         "woke on another task's change"
     );
     b.cache.publish(&alice, mine).await.unwrap();
@@ -179,8 +196,16 @@ async fn limiter_allows_the_burst_then_denies_with_retry_after_then_refills(b: B
     assert_eq!(denied.remaining, 0);
     // One request refills every 200 ms: the wait is at most that, less the time spent so far.
     let elapsed = start.elapsed();
-    assert!(denied.retry_after <= Duration::from_millis(200), "{:?}", denied.retry_after);
-    assert!(denied.retry_after + elapsed >= Duration::from_millis(190), "{:?}", denied.retry_after);
+    assert!(
+        denied.retry_after <= Duration::from_millis(200),
+        "{:?}",
+        denied.retry_after
+    );
+    assert!(
+        denied.retry_after + elapsed >= Duration::from_millis(190),
+        "{:?}",
+        denied.retry_after
+    );
     assert!(denied.reset <= Duration::from_millis(600) && denied.reset > Duration::from_millis(300));
     tokio::time::sleep(denied.retry_after + Duration::from_millis(20)).await;
     assert!(b.limiter.acquire(&key, quota).await.unwrap().allowed, "no refill");

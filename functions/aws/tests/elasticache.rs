@@ -6,7 +6,8 @@ use taskq_core::cache::CacheDescriber;
 
 #[tokio::test]
 async fn a_node_based_cache_is_described_after_the_serverless_call_fails() {
-    let Some(endpoint) = taskq_aws::testing::endpoint("a_node_based_cache_is_described_after_the_serverless_call_fails")
+    let Some(endpoint) =
+        taskq_aws::testing::endpoint("a_node_based_cache_is_described_after_the_serverless_call_fails")
     else {
         return;
     };
@@ -23,14 +24,21 @@ async fn a_node_based_cache_is_described_after_the_serverless_call_fails() {
         .await
         .expect("moto creates cache clusters");
 
-    let d = ElastiCacheDescriber::new(client.clone(), &name).describe().await.unwrap();
+    let d = ElastiCacheDescriber::new(client.clone(), &name)
+        .describe()
+        .await
+        .unwrap();
     println!("described_by: {:?}", d.described_by);
     assert_eq!(d.kind, "cache_cluster");
     assert_eq!(d.name, name);
     assert_eq!(d.engine.as_deref(), Some("redis"));
     assert!(d.status.is_some());
     assert_eq!(d.described_by.len(), 3, "{:?}", d.described_by);
-    assert!(d.described_by[0].starts_with("DescribeServerlessCaches: failed"), "{:?}", d.described_by);
+    assert!(
+        d.described_by[0].starts_with("DescribeServerlessCaches: failed"),
+        "{:?}",
+        d.described_by
+    );
     assert_eq!(d.described_by[2], "DescribeCacheClusters: found");
 
     let missing = ElastiCacheDescriber::new(client, "no-such-cache").describe().await;

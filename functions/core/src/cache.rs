@@ -101,11 +101,7 @@ struct Entry<T> {
 /// The cached form: `{"v":<version>,"task":<the task's JSON>}`. The version comes first so the
 /// Redis script can compare it without parsing JSON.
 pub fn encode(task: &Task) -> String {
-    serde_json::to_string(&Entry {
-        v: version(task),
-        task,
-    })
-    .unwrap_or_default()
+    serde_json::to_string(&Entry { v: version(task), task }).unwrap_or_default()
 }
 
 /// The task from its cached form; `None` when the entry is unreadable (then it is a miss).

@@ -203,9 +203,7 @@ impl RolePolicy {
     /// The highest priority a caller with these roles may submit.
     pub fn max_priority(&self, roles: &[String]) -> Priority {
         // Priority orders high < normal < low (declaration order), so "highest" is the minimum.
-        Self::matching(&self.max_priority, roles)
-            .min()
-            .unwrap_or(Priority::Low)
+        Self::matching(&self.max_priority, roles).min().unwrap_or(Priority::Low)
     }
 }
 

@@ -288,7 +288,12 @@ impl TaskService {
         self.poll_terminal(user_id, id, deadline).await
     }
 
-    async fn poll_terminal(&self, user_id: &str, id: TaskId, deadline: tokio::time::Instant) -> Result<Task, ServiceError> {
+    async fn poll_terminal(
+        &self,
+        user_id: &str,
+        id: TaskId,
+        deadline: tokio::time::Instant,
+    ) -> Result<Task, ServiceError> {
         let mut interval = Duration::from_millis(50);
         loop {
             let task = self.status(user_id, id).await?;

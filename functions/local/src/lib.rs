@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use taskq_api::{router, AppState, Authenticator};
-pub use taskq_aws::RedisSettings;
 use taskq_aws::RedisCache;
+pub use taskq_aws::RedisSettings;
 use taskq_core::cache::{CacheLayer, EmbeddedCache, FallbackLimiter, Guard, RateLimiter, RefreshingStore, StatusCache};
-use taskq_core::memory::{MemoryRateLimiter, MemoryStatusCache};
-pub use taskq_core::rate::RolePolicy;
 use taskq_core::faults::{FaultCounts, FaultPlan, FaultyQueue, FaultyStore};
 use taskq_core::memory::{MemoryQueueConfig, MemoryTaskQueue, MemoryTaskStore};
+use taskq_core::memory::{MemoryRateLimiter, MemoryStatusCache};
+pub use taskq_core::rate::RolePolicy;
 use taskq_core::{TaskQueue, TaskService, TaskStore};
 pub use taskq_sweeper::{Sweeper, SweeperConfig};
 use taskq_worker::{Registry, Worker, WorkerConfig};

@@ -24,7 +24,8 @@ fn options(backend: Backend) -> LocalOptions {
     let mut o = LocalOptions::new("127.0.0.1:0".parse().unwrap(), SECRET);
     o.backend = backend;
     // These tests drive load through one user; rate limits have tests of their own.
-    o.policy = taskq_local::RolePolicy::parse(Some(r#"{"default":{"per_second":100000,"burst":100000}}"#), None).unwrap();
+    o.policy =
+        taskq_local::RolePolicy::parse(Some(r#"{"default":{"per_second":100000,"burst":100000}}"#), None).unwrap();
     o.worker = WorkerConfig {
         retry_base: Duration::from_millis(200),
         retry_cap: Duration::from_millis(400),

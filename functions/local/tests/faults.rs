@@ -85,7 +85,8 @@ fn options(backend: Backend, runs: &Runs, send_delay_max: Duration) -> LocalOpti
     let mut o = LocalOptions::new("127.0.0.1:0".parse().unwrap(), "faults");
     o.backend = backend;
     // These tests drive load through one user; rate limits have tests of their own.
-    o.policy = taskq_local::RolePolicy::parse(Some(r#"{"default":{"per_second":100000,"burst":100000}}"#), None).unwrap();
+    o.policy =
+        taskq_local::RolePolicy::parse(Some(r#"{"default":{"per_second":100000,"burst":100000}}"#), None).unwrap();
     o.registry = registry(runs);
     o.faults = Some(plan(send_delay_max));
     o.worker = WorkerConfig {

@@ -10,7 +10,8 @@ use taskq_stream::{handle, StreamReport};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     taskq_aws::telemetry::init();
-    let settings = taskq_aws::RedisSettings::from_env()?.ok_or("TASKQ_REDIS_URL must be set for the stream consumer")?;
+    let settings =
+        taskq_aws::RedisSettings::from_env()?.ok_or("TASKQ_REDIS_URL must be set for the stream consumer")?;
     let guard = settings.guard();
     let cache = CacheLayer::new(Arc::new(taskq_aws::RedisCache::new(settings)?), guard);
     run(service_fn(|event: LambdaEvent<Event>| {
