@@ -12,7 +12,7 @@ use taskq_aws::{RedisCache, RedisSettings};
 use taskq_core::cache::{CacheLayer, FallbackLimiter, RefreshingStore};
 use taskq_core::memory::MemoryRateLimiter;
 use taskq_core::rate::RolePolicy;
-use taskq_core::{Snapshot, Status, TaskId, TaskStore, Transition};
+use taskq_core::{Snapshot, TaskId, TaskStore, Transition};
 
 struct RedisApp {
     app: TestApp,
@@ -201,9 +201,11 @@ impl OwnRedis {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be on PATH (scripts/test installs it)");
+        // Owned from here on: Drop kills and reaps it on every path, panics included.
+        let redis = Self { port, child };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self { port, child };
+                return redis;
             }
             std::thread::sleep(Duration::from_millis(50));
         }

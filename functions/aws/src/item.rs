@@ -242,6 +242,15 @@ pub fn from_item(item: Item) -> Result<Task, ItemError> {
     })
 }
 
+/// The task in a DynamoDB stream image (`NEW_IMAGE`); `None` for items that are not tasks
+/// (idempotency records).
+pub fn task_from_image(image: Item) -> Result<Option<Task>, ItemError> {
+    match image.get("sk") {
+        Some(AttributeValue::S(sk)) if sk.starts_with("T#") => from_item(image).map(Some),
+        _ => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,14 +319,5 @@ mod tests {
         let mut item = to_item(&task()).unwrap();
         item.remove("status");
         assert!(from_item(item).is_err());
-    }
-}
-
-/// The task in a DynamoDB stream image (`NEW_IMAGE`); `None` for items that are not tasks
-/// (idempotency records).
-pub fn task_from_image(image: Item) -> Result<Option<Task>, ItemError> {
-    match image.get("sk") {
-        Some(AttributeValue::S(sk)) if sk.starts_with("T#") => from_item(image).map(Some),
-        _ => Ok(None),
     }
 }

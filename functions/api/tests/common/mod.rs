@@ -1,6 +1,7 @@
 //! Helpers shared by the API test files: an app over in-memory ports, requests with tokens,
 //! and the check that every response is one the OpenAPI document lists.
-#![allow(dead_code)]
+// Each test file uses a different part of these helpers and re-exports.
+#![allow(dead_code, unused_imports)]
 
 pub use std::sync::Arc;
 
