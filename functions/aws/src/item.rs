@@ -242,6 +242,11 @@ pub fn from_item(item: Item) -> Result<Task, ItemError> {
     })
 }
 
+/// A task as the item its stream image holds (the stream consumer's tests build events with it).
+pub fn task_to_image(task: &Task) -> Result<Item, ItemError> {
+    to_item(task)
+}
+
 /// The task in a DynamoDB stream image (`NEW_IMAGE`); `None` for items that are not tasks
 /// (idempotency records).
 pub fn task_from_image(image: Item) -> Result<Option<Task>, ItemError> {

@@ -15,6 +15,6 @@ pub mod testing;
 
 pub use config::{AwsConfig, QueueUrls};
 pub use dynamodb::DynamoDbTaskStore;
-pub use item::{task_from_image, ItemError};
+pub use item::{task_from_image, task_to_image, ItemError};
 pub use redis_cache::{RedisCache, RedisSettings};
 pub use sqs::SqsTaskQueue;

@@ -1,0 +1,103 @@
+//! The stream consumer with stream events as DynamoDB shapes them: the AWS-published fixture,
+//! and records carrying real task items at successive versions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::dynamodb::Event;
+use serde_json::{json, Value};
+use taskq_core::cache::{CacheLayer, Guard, StatusCache};
+use taskq_core::memory::MemoryStatusCache;
+use taskq_core::{NewTask, Snapshot, Status, Task, TaskService, Transition};
+use taskq_stream::{handle, StreamReport};
+
+fn layer() -> (Arc<MemoryStatusCache>, CacheLayer) {
+    let cache = Arc::new(MemoryStatusCache::default());
+    let layer = CacheLayer::new(
+        cache.clone(),
+        Guard::new(Duration::from_secs(1), Duration::from_secs(1)),
+    );
+    (cache, layer)
+}
+
+/// A stream record whose new image is `image` (a DynamoDB JSON item), from the fixture's shape.
+fn record(event_name: &str, image: Value) -> Value {
+    let fixture: Value =
+        serde_json::from_str(include_str!("../../../events/fixtures/example-dynamodb-event.json")).unwrap();
+    let mut r = fixture["Records"][0].clone();
+    r["eventName"] = json!(event_name);
+    r["dynamodb"]["NewImage"] = image;
+    r
+}
+
+fn image(task: &Task) -> Value {
+    let item: serde_dynamo::Item = taskq_aws::task_to_image(task).unwrap().into();
+    serde_json::to_value(item).unwrap()
+}
+
+async fn a_task() -> Task {
+    let store = Arc::new(taskq_core::memory::MemoryTaskStore::new());
+    let service = TaskService::new(store, Arc::new(taskq_core::memory::MemoryTaskQueue::default()));
+    let new = NewTask::from_json(&json!({"type": "echo", "payload": {"k": [1, 2]}}), "").unwrap();
+    service.submit("alice", &new, None).await.unwrap().task
+}
+
+#[tokio::test]
+async fn the_aws_fixture_holds_no_task_and_is_skipped() {
+    let (_, layer) = layer();
+    let event: Event =
+        serde_json::from_str(include_str!("../../../events/fixtures/example-dynamodb-event.json")).unwrap();
+    let report = handle(&event, &layer).await;
+    assert_eq!(
+        report,
+        StreamReport {
+            refreshed: 0,
+            ignored: 2,
+            unreadable: 0
+        }
+    );
+}
+
+#[tokio::test]
+async fn each_task_write_refreshes_the_cache_and_an_old_record_never_wins() {
+    let (cache, layer) = layer();
+    let queued = a_task().await;
+    let change = Transition::Start {
+        lease_until: chrono::Utc::now() + chrono::Duration::seconds(60),
+    }
+    .plan(Snapshot::from(&queued), chrono::Utc::now())
+    .unwrap();
+    let mut running = queued.clone();
+    change.apply_to(&mut running);
+
+    let mut watch = cache.subscribe("alice", queued.id).await.unwrap();
+    let event: Event = serde_json::from_value(json!({"Records": [
+        record("INSERT", image(&queued)),
+        record("MODIFY", image(&running)),
+        // A redelivered older record (the consumer retried a batch): must not go back in time.
+        record("MODIFY", image(&queued)),
+        record("MODIFY", json!({"pk": {"S": "U#alice"}, "sk": {"S": "I#some-key"}})),
+        record("MODIFY", json!({"pk": {"S": "U#alice"}, "sk": {"S": "T#not-a-task"}})),
+    ]}))
+    .unwrap();
+    let report = handle(&event, &layer).await;
+    assert_eq!(
+        report,
+        StreamReport {
+            refreshed: 3,
+            ignored: 1,
+            unreadable: 1
+        }
+    );
+    let cached = cache.get("alice", queued.id).await.unwrap().expect("cached");
+    assert_eq!(cached.status, Status::Running);
+    assert_eq!(
+        serde_json::to_value(&cached).unwrap(),
+        serde_json::to_value(&running).unwrap()
+    );
+    tokio::time::timeout(Duration::from_secs(1), watch.changed())
+        .await
+        .expect("a change message was published")
+        .unwrap();
+    assert!(cache.get("bob", queued.id).await.unwrap().is_none());
+}
