@@ -13,16 +13,22 @@ pub const ENDPOINT_VAR: &str = "TASKQ_TEST_AWS_ENDPOINT";
 
 /// The test server's URL; `None` only when skipping was asked for explicitly (never in CI).
 pub fn endpoint(test: &str) -> Option<String> {
-    if let Ok(url) = std::env::var(ENDPOINT_VAR) {
+    required(ENDPOINT_VAR, "a moto server", test)
+}
+
+/// A test server's address from `var`. Absent, the test fails loudly, unless skipping was asked
+/// for explicitly (`TASKQ_SKIP_SERVER_TESTS=1`) outside CI; then it says it skipped.
+fn required(var: &str, what: &str, test: &str) -> Option<String> {
+    if let Ok(url) = std::env::var(var) {
         return Some(url);
     }
     let in_ci = std::env::var_os("CI").is_some();
     if !in_ci && std::env::var("TASKQ_SKIP_SERVER_TESTS").as_deref() == Ok("1") {
-        eprintln!("SKIPPED {test}: TASKQ_SKIP_SERVER_TESTS=1 and no {ENDPOINT_VAR}");
+        eprintln!("SKIPPED {test}: TASKQ_SKIP_SERVER_TESTS=1 and no {var}");
         return None;
     }
     panic!(
-        "{test} needs a moto server: set {ENDPOINT_VAR} (scripts/test starts one and sets it), \
+        "{test} needs {what}: set {var} (scripts/test starts one and sets it), \
          or TASKQ_SKIP_SERVER_TESTS=1 to skip outside CI"
     );
 }
@@ -63,18 +69,7 @@ pub const REDIS_VAR: &str = "TASKQ_TEST_REDIS_URL";
 
 /// The test Redis URL; `None` only when skipping was asked for explicitly (never in CI).
 pub fn redis_url(test: &str) -> Option<String> {
-    if let Ok(url) = std::env::var(REDIS_VAR) {
-        return Some(url);
-    }
-    let in_ci = std::env::var_os("CI").is_some();
-    if !in_ci && std::env::var("TASKQ_SKIP_SERVER_TESTS").as_deref() == Ok("1") {
-        eprintln!("SKIPPED {test}: TASKQ_SKIP_SERVER_TESTS=1 and no {REDIS_VAR}");
-        return None;
-    }
-    panic!(
-        "{test} needs a redis-server: set {REDIS_VAR} (scripts/test starts one and sets it), \
-         or TASKQ_SKIP_SERVER_TESTS=1 to skip outside CI"
-    );
+    required(REDIS_VAR, "a redis-server", test)
 }
 
 /// Settings for tests: a generous timeout (a loaded CI machine is not a VPC) and a short pause.

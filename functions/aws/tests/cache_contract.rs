@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use taskq_aws::RedisCache;
 use taskq_core::cache::{CacheTtl, RateLimiter, StatusCache};
-use taskq_core::memory::{MemoryRateLimiter, MemoryStatusCache};
+use taskq_core::memory::{MemoryRateLimiter, MemoryStatusCache, MemoryTaskQueue, MemoryTaskStore};
 use taskq_core::rate::Quota;
-use taskq_core::{NewTask, Snapshot, Status, Task, TaskId, Transition};
+use taskq_core::{NewTask, Snapshot, Status, Task, TaskId, TaskService, Transition};
 
 const TTL: CacheTtl = CacheTtl {
     active: Duration::from_millis(400),
@@ -63,38 +63,11 @@ fn user() -> String {
     taskq_aws::testing::unique("u")
 }
 
-fn task(user_id: &str) -> Task {
+/// A freshly submitted task, as the service builds it.
+async fn task(user_id: &str) -> Task {
+    let service = TaskService::new(Arc::new(MemoryTaskStore::new()), Arc::new(MemoryTaskQueue::default()));
     let new = NewTask::from_json(&json!({"type": "echo", "payload": {"n": 1, "s": "é"}}), "").unwrap();
-    let now = chrono::Utc::now();
-    Task {
-        id: TaskId::new(),
-        user_id: user_id.to_owned(),
-        task_type: new.task_type,
-        priority: new.priority,
-        status: Status::Queued,
-        payload: new.payload,
-        result: None,
-        error: None,
-        attempts: 0,
-        max_attempts: new.max_attempts,
-        timeout_seconds: new.timeout_seconds,
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        finished_at: None,
-        run_at: None,
-        cancel_requested: false,
-        lease_until: None,
-        history: vec![taskq_core::TaskEvent {
-            seq: 1,
-            at: now,
-            kind: taskq_core::EventKind::Submitted,
-            from: None,
-            to: Some(Status::Queued),
-            attempt: None,
-            detail: None,
-        }],
-    }
+    service.submit(user_id, &new, None).await.unwrap().task
 }
 
 /// The task after `t`, as a store would return it (history appended).
@@ -107,7 +80,7 @@ fn step(task: &Task, t: Transition) -> Task {
 
 async fn a_put_task_reads_back_as_the_same_json_for_its_user_only(b: Backends) {
     let alice = user();
-    let t = task(&alice);
+    let t = task(&alice).await;
     assert!(b.cache.get(&alice, t.id).await.unwrap().is_none());
     b.cache.put(&t).await.unwrap();
     let got = b.cache.get(&alice, t.id).await.unwrap().expect("cached");
@@ -121,7 +94,7 @@ async fn a_put_task_reads_back_as_the_same_json_for_its_user_only(b: Backends) {
 
 async fn an_older_version_never_replaces_a_newer_one(b: Backends) {
     let alice = user();
-    let queued = task(&alice);
+    let queued = task(&alice).await;
     let running = step(
         &queued,
         Transition::Start {
@@ -144,8 +117,8 @@ async fn an_older_version_never_replaces_a_newer_one(b: Backends) {
 
 async fn active_entries_expire_and_terminal_ones_stay(b: Backends) {
     let alice = user();
-    let queued = task(&alice);
-    let mut done = task(&alice);
+    let queued = task(&alice).await;
+    let mut done = task(&alice).await;
     done = step(&done, Transition::Cancel { error: None });
     b.cache.put(&queued).await.unwrap();
     b.cache.put(&done).await.unwrap();
