@@ -120,15 +120,14 @@ impl ElastiCacheDescriber {
 impl CacheDescriber for ElastiCacheDescriber {
     async fn describe(&self) -> Result<CacheDescription, CacheError> {
         let mut trail = Vec::new();
-        let steps: [(&str, _); 3] = [
-            ("DescribeServerlessCaches", 0),
-            ("DescribeReplicationGroups", 1),
-            ("DescribeCacheClusters", 2),
-        ];
-        for (call, step) in steps {
-            let outcome = match step {
-                0 => self.serverless().await,
-                1 => self.replication_group().await,
+        for call in [
+            "DescribeServerlessCaches",
+            "DescribeReplicationGroups",
+            "DescribeCacheClusters",
+        ] {
+            let outcome = match call {
+                "DescribeServerlessCaches" => self.serverless().await,
+                "DescribeReplicationGroups" => self.replication_group().await,
                 _ => self.cache_cluster().await,
             };
             match outcome {
