@@ -58,6 +58,16 @@ class SamConfig(unittest.TestCase):
                         self.assertGreaterEqual(float(value), float(params[key]["MinValue"]))
 
 
+class BuildProfile(unittest.TestCase):
+    """The release profile unwinds: cargo-lambda (sam build) adds panic = "abort" unless told."""
+
+    def test_release_profile_unwinds(self):
+        import tomllib
+
+        cargo = tomllib.loads((rules.ROOT / "Cargo.toml").read_text())
+        self.assertEqual(cargo["profile"]["release"].get("panic"), "unwind")
+
+
 class RulesCatchBrokenTemplates(unittest.TestCase):
     def assertCaught(self, rule: str, t: dict, fragment: str):
         problems = rules.RULES[rule](t)

@@ -1,4 +1,4 @@
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -108,21 +108,19 @@ impl MemoryTaskQueue {
     }
 
     /// Takes what is visible now; `None` means nothing was, with the instant something will be.
+    ///
+    /// Like SQS fair queues (`MessageGroupId` = the user on standard queues), one group's backlog
+    /// does not hold back the others: a receive takes the oldest visible message of each group in
+    /// turn (groups ordered by their oldest message), then the second of each, and so on. So a
+    /// user's single task waits at most about one batch behind another user's 10,000.
     fn take_visible(&self, p: Priority, max: usize) -> (Vec<Delivery>, Option<Instant>) {
         let now = Instant::now();
         let mut q = self.lock(p);
-        let mut out = Vec::new();
-        let mut next_visible: Option<Instant> = None;
+        // SQS moves a message to the DLQ when a receive would exceed maxReceiveCount.
         let mut i = 0;
-        while i < q.messages.len() && out.len() < max {
-            let m = &mut q.messages[i];
-            if m.visible_at > now {
-                next_visible = Some(next_visible.map_or(m.visible_at, |n| n.min(m.visible_at)));
-                i += 1;
-                continue;
-            }
-            if m.receive_count >= self.config.max_receive_count {
-                // SQS moves a message to the DLQ when a receive would exceed maxReceiveCount.
+        while i < q.messages.len() {
+            let m = &q.messages[i];
+            if m.visible_at <= now && m.receive_count >= self.config.max_receive_count {
                 if let Some(mut dead) = q.messages.remove(i) {
                     // A DLQ is a queue of its own: its receive count starts over.
                     dead.receive_count = 0;
@@ -130,11 +128,42 @@ impl MemoryTaskQueue {
                     dead.visible_at = now;
                     q.dead.push_back(dead);
                 }
-                continue;
+            } else {
+                i += 1;
             }
-            out.push(m.deliver(now, self.config.visibility_timeout));
-            i += 1;
         }
+        let mut next_visible: Option<Instant> = None;
+        let picked = {
+            let mut groups: Vec<Vec<usize>> = Vec::new();
+            let mut group_of: HashMap<&str, usize> = HashMap::new();
+            for (i, m) in q.messages.iter().enumerate() {
+                if m.visible_at > now {
+                    next_visible = Some(next_visible.map_or(m.visible_at, |n| n.min(m.visible_at)));
+                    continue;
+                }
+                let g = *group_of.entry(m.group_id.as_str()).or_insert_with(|| {
+                    groups.push(Vec::new());
+                    groups.len() - 1
+                });
+                if groups[g].len() < max {
+                    groups[g].push(i);
+                }
+            }
+            let mut picked = Vec::with_capacity(max);
+            for round in 0..max {
+                let before = picked.len();
+                picked.extend(groups.iter().filter_map(|g| g.get(round).copied()));
+                if picked.len() >= max || picked.len() == before {
+                    break;
+                }
+            }
+            picked.truncate(max);
+            picked
+        };
+        let out = picked
+            .into_iter()
+            .map(|i| q.messages[i].deliver(now, self.config.visibility_timeout))
+            .collect();
         (out, next_visible)
     }
 
@@ -274,5 +303,73 @@ impl TaskQueue for MemoryTaskQueue {
             }
         }
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::TaskId;
+
+    fn message(user: &str) -> TaskMessage {
+        TaskMessage {
+            user_id: user.to_owned(),
+            task_id: TaskId::new(),
+            priority: Priority::Normal,
+            timeout_seconds: 60,
+        }
+    }
+
+    fn users(batch: &[Delivery]) -> Vec<String> {
+        batch
+            .iter()
+            .map(|d| {
+                serde_json::from_str::<TaskMessage>(&d.body)
+                    .map(|m| m.user_id)
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_backlog_of_one_user_does_not_hold_back_another() {
+        let q = MemoryTaskQueue::default();
+        for _ in 0..10_000 {
+            q.send(&message("noisy"), Duration::ZERO).await.unwrap();
+        }
+        q.send(&message("quiet"), Duration::ZERO).await.unwrap();
+        let batch = q.receive(Priority::Normal, 10, Duration::ZERO).await.unwrap();
+        let who = users(&batch);
+        assert_eq!(who.len(), 10);
+        assert_eq!(who.iter().filter(|u| *u == "quiet").count(), 1, "{who:?}");
+        // Groups take turns in the order of their oldest message: the noisy user's oldest first.
+        assert_eq!(who[0], "noisy");
+        assert_eq!(who[1], "quiet");
+    }
+
+    #[tokio::test]
+    async fn within_a_group_messages_keep_their_order_and_groups_share_batches() {
+        let q = MemoryTaskQueue::default();
+        let mut sent = Vec::new();
+        for i in 0..6 {
+            let m = message(if i % 3 == 0 { "b" } else { "a" });
+            sent.push(m.task_id.clone());
+            q.send(&m, Duration::ZERO).await.unwrap();
+        }
+        // b: 0, 3; a: 1, 2, 4, 5. Groups in the order of their oldest message (b, then a), one
+        // message of each per round: b0 a1, b3 a2, a4, a5.
+        let batch = q.receive(Priority::Normal, 10, Duration::ZERO).await.unwrap();
+        let order: Vec<TaskId> = batch
+            .iter()
+            .map(|d| serde_json::from_str::<TaskMessage>(&d.body).unwrap().task_id)
+            .collect();
+        let expected: Vec<TaskId> = [0, 1, 3, 2, 4, 5].iter().map(|&i| sent[i].clone()).collect();
+        assert_eq!(order, expected);
+        // Nothing visible is left; nothing is delivered twice.
+        assert!(q
+            .receive(Priority::Normal, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty());
     }
 }
