@@ -95,6 +95,40 @@ async fn delayed_submission_sets_run_at() {
 }
 
 #[tokio::test]
+async fn run_at_schedules_up_to_seven_days_ahead() {
+    let app = TestApp::new();
+    let at = |d: chrono::Duration| (chrono::Utc::now() + d).to_rfc3339();
+    // Two days ahead: accepted, stored with its run_at, no message yet (SQS delays 15 min at most).
+    let r = app
+        .submit(
+            "alice",
+            json!({"type": "echo", "run_at": at(chrono::Duration::days(2))}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert!(r.body["run_at"].is_string());
+    let stats = app.queue.stats(Priority::Normal).await.unwrap();
+    assert_eq!((stats.visible, stats.delayed), (0, 0));
+    // Five minutes ahead: sent now, with the delay.
+    let r = app
+        .submit(
+            "alice",
+            json!({"type": "echo", "run_at": at(chrono::Duration::minutes(5))}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(app.queue.stats(Priority::Normal).await.unwrap().delayed, 1);
+    for body in [
+        json!({"type": "echo", "run_at": at(chrono::Duration::days(8))}),
+        json!({"type": "echo", "run_at": at(chrono::Duration::days(-1))}),
+        json!({"type": "echo", "run_at": "next tuesday"}),
+        json!({"type": "echo", "run_at": at(chrono::Duration::hours(1)), "delay_seconds": 10}),
+    ] {
+        assert_problem(&app.submit("alice", body).await, 400, Some("run_at"));
+    }
+}
+
+#[tokio::test]
 async fn submit_rejects_bad_input_with_a_problem_naming_the_field() {
     let app = TestApp::new();
     let bad_json = app

@@ -12,6 +12,11 @@ pub const MAX_ITEM_BYTES: usize = 400 * 1000;
 pub const ITEM_OVERHEAD_BYTES: usize = 40 * 1024;
 pub const MAX_BATCH_ITEMS: usize = 100;
 pub const MAX_DELAY_SECONDS: u32 = 900;
+/// Farthest ahead `run_at` may be. Past SQS's own delay (`MAX_DELAY_SECONDS`) a task waits in
+/// the table and the sweeper sends its message when it is due.
+pub const MAX_SCHEDULE_AHEAD_SECONDS: i64 = 7 * 24 * 3600;
+/// How far in the past `run_at` may be (clock skew); it then runs now. Older: refused.
+pub const MAX_RUN_AT_PAST_SECONDS: i64 = 300;
 pub const MAX_ATTEMPTS: u32 = 25;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const MAX_TIMEOUT_SECONDS: u32 = 900;

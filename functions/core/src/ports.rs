@@ -103,6 +103,16 @@ impl From<&Task> for ActiveTask {
 }
 
 impl ActiveTask {
+    /// See [`crate::task::awaiting_enqueue`].
+    pub fn awaiting_enqueue(&self) -> bool {
+        crate::task::awaiting_enqueue(self.status, self.run_at, self.updated_at)
+    }
+
+    /// See [`Task::send_delay`].
+    pub fn send_delay(&self, now: DateTime<Utc>) -> Option<std::time::Duration> {
+        crate::task::send_delay(self.run_at, now)
+    }
+
     pub fn message(&self) -> TaskMessage {
         TaskMessage {
             user_id: self.user_id.clone(),

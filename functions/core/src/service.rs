@@ -100,7 +100,9 @@ impl TaskService {
 
     fn build(user_id: &str, new: &NewTask) -> Task {
         let now = Utc::now();
-        let run_at = (new.delay_seconds > 0).then(|| now + chrono::Duration::seconds(new.delay_seconds.into()));
+        let run_at = new
+            .run_at
+            .or_else(|| (new.delay_seconds > 0).then(|| now + chrono::Duration::seconds(new.delay_seconds.into())));
         Task {
             id: TaskId::new(),
             user_id: user_id.to_owned(),
@@ -158,23 +160,23 @@ impl TaskService {
                     // The first request may have failed between the write and the send (it got
                     // a 503): send again. A duplicate message is harmless, the start is
                     // conditional; a missing one would strand the task.
-                    let delay = task
-                        .run_at
-                        .map(|r| (r - Utc::now()).to_std().unwrap_or_default())
-                        .unwrap_or_default();
+                    if let Some(delay) = task.send_delay(Utc::now()) {
+                        self.queue
+                            .send(&task.message(), delay)
+                            .await
+                            .map_err(|e| ServiceError::NotEnqueued(task.id, e))?;
+                    }
+                }
+                Ok(Submitted { task, replayed: true })
+            }
+            Created::New(task) => {
+                // Due beyond SQS's delay: the sweeper sends the message when it is near.
+                if let Some(delay) = task.send_delay(Utc::now()) {
                     self.queue
                         .send(&task.message(), delay)
                         .await
                         .map_err(|e| ServiceError::NotEnqueued(task.id, e))?;
                 }
-                Ok(Submitted { task, replayed: true })
-            }
-            Created::New(task) => {
-                let delay = Duration::from_secs(new.delay_seconds.into());
-                self.queue
-                    .send(&task.message(), delay)
-                    .await
-                    .map_err(|e| ServiceError::NotEnqueued(task.id, e))?;
                 Ok(Submitted { task, replayed: false })
             }
         }
@@ -199,14 +201,14 @@ impl TaskService {
                     pending.spawn(async move {
                         let task = Self::build(&user_id, &new);
                         let claim = Self::claim(&new, key.as_deref());
-                        (i, new.delay_seconds, store.create(&task, claim.as_ref()).await)
+                        (i, store.create(&task, claim.as_ref()).await)
                     });
                 }
             }
         }
         let mut to_send = Vec::new();
         while let Some(joined) = pending.join_next().await {
-            let Ok((i, delay, created)) = joined else {
+            let Ok((i, created)) = joined else {
                 continue; // a panicked store call leaves its slot None: reported below
             };
             results[i] = Some(match created {
@@ -217,7 +219,9 @@ impl TaskService {
                 }) => Ok(Submitted { task, replayed: true }),
                 Ok(Created::Existing { .. }) => Err(ServiceError::IdempotencyMismatch),
                 Ok(Created::New(task)) => {
-                    to_send.push((i, task.message(), Duration::from_secs(delay.into())));
+                    if let Some(delay) = task.send_delay(Utc::now()) {
+                        to_send.push((i, task.message(), delay));
+                    }
                     Ok(Submitted { task, replayed: false })
                 }
             });

@@ -1,5 +1,6 @@
 //! Validation of submitted tasks, exactly as the v1 contract states it. Errors name the field.
 
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -13,6 +14,8 @@ pub struct NewTask {
     pub payload: Value,
     pub priority: Priority,
     pub delay_seconds: u32,
+    /// When to run, up to 7 days ahead (instead of `delay_seconds`).
+    pub run_at: Option<DateTime<Utc>>,
     pub max_attempts: u32,
     pub timeout_seconds: u32,
 }
@@ -41,6 +44,7 @@ const FIELDS: &[&str] = &[
     "payload",
     "priority",
     "delay_seconds",
+    "run_at",
     "max_attempts",
     "timeout_seconds",
 ];
@@ -84,11 +88,17 @@ impl NewTask {
             Some(Value::String(s)) => s.parse().map_err(|m: String| FieldError::new(f("priority"), m))?,
             Some(_) => return Err(FieldError::new(f("priority"), "must be a string: high, normal or low")),
         };
+        let delay_seconds = int_field(obj, &f("delay_seconds"), "delay_seconds", 0, MAX_DELAY_SECONDS, 0)?;
+        let run_at = run_at_field(obj, &f("run_at"), Utc::now())?;
+        if run_at.is_some() && delay_seconds > 0 {
+            return Err(FieldError::new(f("run_at"), "give run_at or delay_seconds, not both"));
+        }
         Ok(Self {
             task_type,
             payload,
             priority,
-            delay_seconds: int_field(obj, &f("delay_seconds"), "delay_seconds", 0, MAX_DELAY_SECONDS, 0)?,
+            delay_seconds,
+            run_at,
             max_attempts: int_field(
                 obj,
                 &f("max_attempts"),
@@ -116,12 +126,36 @@ impl NewTask {
             "payload": self.payload,
             "priority": self.priority.as_str(),
             "delay_seconds": self.delay_seconds,
+            "run_at": self.run_at.map(|r| r.timestamp_millis()),
             "max_attempts": self.max_attempts,
             "timeout_seconds": self.timeout_seconds,
         });
         // serde_json's Map is ordered by key, so this text is canonical.
         format!("{:016x}", fnv1a64(canonical.to_string().as_bytes()))
     }
+}
+
+/// `run_at`: an RFC 3339 time at most 7 days ahead and at most 5 minutes past.
+fn run_at_field(
+    obj: &Map<String, Value>,
+    field: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, FieldError> {
+    let text = match obj.get("run_at") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => s,
+        Some(_) => return Err(FieldError::new(field, "must be an RFC 3339 date-time string")),
+    };
+    let at = DateTime::parse_from_rfc3339(text)
+        .map_err(|e| FieldError::new(field, format!("must be an RFC 3339 date-time ({e})")))?
+        .with_timezone(&Utc);
+    if at > now + chrono::Duration::seconds(MAX_SCHEDULE_AHEAD_SECONDS) {
+        return Err(FieldError::new(field, "is more than 7 days ahead"));
+    }
+    if at < now - chrono::Duration::seconds(MAX_RUN_AT_PAST_SECONDS) {
+        return Err(FieldError::new(field, "is in the past"));
+    }
+    Ok(Some(at))
 }
 
 fn int_field(
@@ -179,6 +213,37 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn run_at_up_to_seven_days_ahead() {
+        let at = |d: chrono::Duration| (Utc::now() + d).to_rfc3339();
+        let ok = NewTask::from_json(&json!({"type": "x", "run_at": at(chrono::Duration::days(6))}), "").unwrap();
+        assert!(ok.run_at.is_some());
+        assert_eq!(ok.delay_seconds, 0);
+        let cases = [
+            (
+                json!({"type": "x", "run_at": at(chrono::Duration::days(8))}),
+                "is more than 7 days ahead",
+            ),
+            (
+                json!({"type": "x", "run_at": at(chrono::Duration::hours(-1))}),
+                "is in the past",
+            ),
+            (json!({"type": "x", "run_at": "tomorrow"}), "RFC 3339"),
+            (json!({"type": "x", "run_at": 1700000000}), "RFC 3339"),
+            (
+                json!({"type": "x", "run_at": at(chrono::Duration::hours(1)), "delay_seconds": 5}),
+                "not both",
+            ),
+        ];
+        for (body, message) in cases {
+            let e = NewTask::from_json(&body, "tasks[2].").unwrap_err();
+            assert_eq!(e.field, "tasks[2].run_at", "{body}");
+            assert!(e.message.contains(message), "{body}: {}", e.message);
+        }
+        // A little clock skew is fine: it runs now.
+        assert!(NewTask::from_json(&json!({"type": "x", "run_at": at(chrono::Duration::seconds(-30))}), "").is_ok());
+    }
 
     #[test]
     fn defaults_apply() {

@@ -184,6 +184,8 @@ pub enum EventKind {
     Dead,
     /// The sweeper sent a queued task's message again (it had none, or it was lost).
     MessageResent,
+    /// The sweeper sent the first message of a task scheduled beyond SQS's 15-minute delay.
+    Enqueued,
     /// An operator moved the task's message back from the dead-letter queue.
     Redriven,
 }
@@ -233,7 +235,30 @@ pub struct Task {
     pub history: Vec<TaskEvent>,
 }
 
+/// See [`Task::send_delay`].
+pub fn send_delay(run_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<std::time::Duration> {
+    let Some(run_at) = run_at else {
+        return Some(std::time::Duration::ZERO);
+    };
+    let wait = (run_at - now).to_std().unwrap_or_default();
+    (wait.as_secs_f64() <= f64::from(crate::limits::MAX_DELAY_SECONDS)).then_some(wait)
+}
+
+/// A queued task scheduled beyond SQS's delay whose message has not been sent yet. Every send
+/// after submission records an event, which moves `updated_at` within reach of `run_at`.
+pub fn awaiting_enqueue(status: Status, run_at: Option<DateTime<Utc>>, updated_at: DateTime<Utc>) -> bool {
+    status == Status::Queued
+        && run_at.is_some_and(|r| r - updated_at > chrono::Duration::seconds(crate::limits::MAX_DELAY_SECONDS.into()))
+}
+
 impl Task {
+    /// How long its message should wait in the queue if sent at `now`, or `None` when the task
+    /// is due beyond SQS's longest delay (15 minutes): it then waits in the table, and the
+    /// sweeper sends its message once it comes within reach.
+    pub fn send_delay(&self, now: DateTime<Utc>) -> Option<std::time::Duration> {
+        send_delay(self.run_at, now)
+    }
+
     /// The message that stands for this task in its queue.
     pub fn message(&self) -> crate::ports::TaskMessage {
         crate::ports::TaskMessage {

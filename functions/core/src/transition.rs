@@ -52,6 +52,8 @@ pub enum Transition {
     Dead { detail: String },
     /// queued -> queued: the sweeper re-sends the message of a task stranded without one.
     Resend { reason: String },
+    /// queued -> queued: a task scheduled (`run_at`) past SQS's delay got its message now.
+    Enqueue { run_at: DateTime<Utc> },
     /// dead -> queued: the message was redriven from the dead-letter queue; attempts start over.
     Revive,
 }
@@ -115,6 +117,7 @@ impl Transition {
             Transition::RequestCancel => "be asked to cancel",
             Transition::Dead { .. } => "be marked dead",
             Transition::Resend { .. } => "have its message re-sent",
+            Transition::Enqueue { .. } => "be enqueued",
             Transition::Revive => "be redriven",
         }
     }
@@ -132,6 +135,7 @@ impl Transition {
             (Transition::RequestCancel, Running) => Running,
             (Transition::Dead { .. }, Queued | Running) => Dead,
             (Transition::Resend { .. }, Queued) => Queued,
+            (Transition::Enqueue { .. }, Queued) => Queued,
             (Transition::Revive, Dead) => Queued,
             _ => {
                 return Err(InvalidTransition {
@@ -244,6 +248,12 @@ impl Transition {
                 change.event.to = None;
                 change.event.detail = Some(reason);
             }
+            Transition::Enqueue { run_at } => {
+                change.event.kind = EventKind::Enqueued;
+                change.event.from = None;
+                change.event.to = None;
+                change.event.detail = Some(format!("due at {}", run_at.to_rfc3339()));
+            }
             Transition::Revive => {
                 change.event.kind = EventKind::Redriven;
                 change.event.detail = Some(format!("after {} attempts", current.attempts));
@@ -329,6 +339,7 @@ mod tests {
             Transition::RequestCancel,
             Transition::Dead { detail: "d".into() },
             Transition::Resend { reason: "r".into() },
+            Transition::Enqueue { run_at: now },
             Transition::Revive,
         ]
     }

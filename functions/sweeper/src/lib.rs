@@ -6,6 +6,9 @@
 //!   worker's start is conditional.
 //! - A task `running` past its lease lost its worker: its message is sent again, and the delivery
 //!   takes over as the next attempt (or fails the task when no attempts are left).
+//! - A task scheduled (`run_at`) beyond SQS's 15-minute delay has no message yet: once it is
+//!   due within 15 minutes, its message is sent with the remaining delay, recorded as an
+//!   `enqueued` event (written first, so a second sweep does not send it again).
 //! - A task whose message reached a dead-letter queue is marked `dead`. The message stays in the
 //!   DLQ (visible again when the sweep ends) so an operator can redrive it.
 
@@ -15,7 +18,8 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Serialize;
 use taskq_core::{
-    ActiveQuery, Priority, Snapshot, Status, StoreError, TaskMessage, TaskQueue, TaskStore, Transition, ACTIVE_SHARDS,
+    ActiveQuery, ActiveTask, Priority, Snapshot, Status, StoreError, TaskMessage, TaskQueue, TaskStore, Transition,
+    ACTIVE_SHARDS,
 };
 use tracing::{info, warn};
 
@@ -59,6 +63,7 @@ impl SweeperConfig {
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct SweepReport {
     pub scanned: u64,
+    pub enqueued_scheduled: u64,
     pub resent_stranded: u64,
     pub resent_expired_leases: u64,
     pub dead_letters_seen: u64,
@@ -111,15 +116,33 @@ impl Sweeper {
             let now = Utc::now();
             for t in &page.tasks {
                 report.scanned += 1;
+                if t.awaiting_enqueue() {
+                    let (Some(run_at), Some(delay)) = (t.run_at, t.send_delay(now)) else {
+                        continue; // not yet within SQS's reach
+                    };
+                    let change = match (Transition::Enqueue { run_at }).plan(Self::snapshot(t), now) {
+                        Ok(c) => c,
+                        Err(_) => continue,
+                    };
+                    match self.store.apply(&t.user_id, t.id, &change).await {
+                        Ok(_) => {}
+                        Err(StoreError::Conflict { .. }) => continue,
+                        Err(e) => return Err(e),
+                    }
+                    // A failed send leaves the task queued and due: the stranded rule below
+                    // re-sends it `stranded_after` past run_at.
+                    match self.queue.send(&t.message(), delay).await {
+                        Ok(()) => report.enqueued_scheduled += 1,
+                        Err(e) => {
+                            warn!(task_id = %t.id, error = %e, "send of a scheduled task failed");
+                            report.errors += 1;
+                        }
+                    }
+                    continue;
+                }
                 match t.status {
                     Status::Queued if t.run_at.unwrap_or(t.updated_at).max(t.updated_at) + stranded_after < now => {
-                        let snapshot = Snapshot {
-                            priority: t.priority,
-                            status: t.status,
-                            attempts: t.attempts,
-                            max_attempts: t.max_attempts,
-                            cancel_requested: false,
-                        };
+                        let snapshot = Self::snapshot(t);
                         let reason = format!("queued since {} without starting", t.updated_at.to_rfc3339());
                         let change = match (Transition::Resend { reason }).plan(snapshot, now) {
                             Ok(c) => c,
@@ -144,6 +167,16 @@ impl Sweeper {
                 Some(next) => query.after = Some(next),
                 None => return Ok(()),
             }
+        }
+    }
+
+    fn snapshot(t: &ActiveTask) -> Snapshot {
+        Snapshot {
+            priority: t.priority,
+            status: t.status,
+            attempts: t.attempts,
+            max_attempts: t.max_attempts,
+            cancel_requested: false,
         }
     }
 

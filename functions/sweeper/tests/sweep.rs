@@ -144,3 +144,48 @@ async fn redrive_revives_dead_tasks_and_requeues_their_messages() {
     assert_eq!(e.queue.depth(Priority::Normal), 1);
     assert_eq!(e.queue.dead_letter_depth(Priority::Normal).await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn a_task_scheduled_days_ahead_waits_in_the_table_and_is_enqueued_when_near() {
+    let e = env();
+    let service = TaskService::new(e.store.clone(), e.queue.clone());
+    let submit = |secs: i64| {
+        let run_at = (Utc::now() + chrono::Duration::seconds(secs)).to_rfc3339();
+        NewTask::from_json(&json!({"type": "echo", "priority": "normal", "run_at": run_at}), "").unwrap()
+    };
+
+    // Three days ahead: no message (SQS holds one at most 15 minutes), and no sweep sends one.
+    let far = service.submit("u", &submit(3 * 24 * 3600), None).await.unwrap().task;
+    assert!(far.run_at.is_some());
+    assert_eq!(e.queue.depth(Priority::Normal), 0);
+    let report = e.sweeper.sweep().await;
+    assert_eq!((report.enqueued_scheduled, report.resent_stranded), (0, 0));
+    assert_eq!(e.queue.depth(Priority::Normal), 0);
+
+    // 10 minutes ahead: within SQS's reach, sent at once with the delay.
+    service.submit("u", &submit(600), None).await.unwrap();
+    let stats = e.queue.stats(Priority::Normal).await.unwrap();
+    assert_eq!((stats.visible, stats.delayed), (0, 1));
+
+    // Just past SQS's reach at submission: kept back; two seconds later the sweep enqueues it
+    // with the remaining delay (about 15 minutes, never more) and records it.
+    let near = service.submit("u", &submit(901), None).await.unwrap().task;
+    assert_eq!(e.queue.stats(Priority::Normal).await.unwrap().delayed, 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = e.sweeper.sweep().await;
+    assert_eq!(report.enqueued_scheduled, 1, "{report:?}");
+    let stats = e.queue.stats(Priority::Normal).await.unwrap();
+    assert_eq!((stats.visible, stats.delayed), (0, 2));
+    let after = e.store.get("u", near.id).await.unwrap().unwrap();
+    let last = after.history.last().unwrap();
+    assert_eq!(last.kind, EventKind::Enqueued);
+    assert_eq!(after.status, Status::Queued);
+    assert!(!taskq_core::ActiveTask::from(&after).awaiting_enqueue());
+
+    // The next sweep does not send it again, and the far task still waits.
+    let report = e.sweeper.sweep().await;
+    assert_eq!((report.enqueued_scheduled, report.resent_stranded), (0, 0));
+    assert_eq!(e.queue.stats(Priority::Normal).await.unwrap().delayed, 2);
+    let far = e.store.get("u", far.id).await.unwrap().unwrap();
+    assert!(taskq_core::ActiveTask::from(&far).awaiting_enqueue());
+}

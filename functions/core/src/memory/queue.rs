@@ -353,7 +353,7 @@ mod tests {
         let mut sent = Vec::new();
         for i in 0..6 {
             let m = message(if i % 3 == 0 { "b" } else { "a" });
-            sent.push(m.task_id.clone());
+            sent.push(m.task_id);
             q.send(&m, Duration::ZERO).await.unwrap();
         }
         // b: 0, 3; a: 1, 2, 4, 5. Groups in the order of their oldest message (b, then a), one
@@ -363,7 +363,7 @@ mod tests {
             .iter()
             .map(|d| serde_json::from_str::<TaskMessage>(&d.body).unwrap().task_id)
             .collect();
-        let expected: Vec<TaskId> = [0, 1, 3, 2, 4, 5].iter().map(|&i| sent[i].clone()).collect();
+        let expected: Vec<TaskId> = [0, 1, 3, 2, 4, 5].iter().map(|&i| sent[i]).collect();
         assert_eq!(order, expected);
         // Nothing visible is left; nothing is delivered twice.
         assert!(q
