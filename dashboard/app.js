@@ -127,6 +127,20 @@ function time(iso) {
   return Number.isNaN(d.getTime()) ? iso : d.toLocaleString();
 }
 
+/// Time of day to the millisecond: events of one task are often milliseconds apart.
+function clock(iso) {
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return iso || "";
+  return d.toLocaleTimeString([], { hour12: false, hour: "2-digit", minute: "2-digit", second: "2-digit", fractionalSecondDigits: 3 });
+}
+
+/// A compact date and time for table cells.
+function short(iso) {
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return iso || "";
+  return d.toLocaleString([], { month: "short", day: "numeric", hour12: false, hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
 function age(seconds) {
   if (seconds === null || seconds === undefined) return "-";
   if (seconds < 60) return `${seconds} s`;
@@ -181,7 +195,7 @@ function taskRow(t) {
     el("td", {}, t.priority),
     el("td", { class: "status-cell" }, badge(t.status)),
     el("td", { class: "num" }, `${t.attempts}/${t.max_attempts}`),
-    el("td", { title: t.created_at }, time(t.created_at)),
+    el("td", { title: t.created_at }, short(t.created_at)),
   );
   const open = () => {
     location.hash = `#/tasks/${t.id}`;
@@ -220,7 +234,7 @@ function eventItem(e, first) {
   return el(
     "li",
     { class: `event event-${e.type}`, dataset: { type: e.type } },
-    el("span", { class: "event-time", title: e.at }, `${time(e.at)} (+${offset} s)`),
+    el("span", { class: "event-time", title: e.at }, `${clock(e.at)} +${offset} s`),
     el("span", { class: "event-type" }, e.type),
     el("span", { class: "event-change" }, change),
     el("span", { class: "event-attempt" }, e.attempt ? `attempt ${e.attempt}` : ""),

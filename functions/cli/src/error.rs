@@ -7,7 +7,9 @@ pub enum CliError {
     /// Bad arguments or input files; nothing was sent.
     #[error("{0}")]
     Usage(String),
-    #[error("no token: pass --token or set TASKQ_TOKEN (for a local server: export TASKQ_TOKEN=$(taskq token --user NAME))")]
+    #[error(
+        "no token: pass --token or set TASKQ_TOKEN (for a local server: export TASKQ_TOKEN=$(taskq token --user NAME))"
+    )]
     NoToken,
     #[error("cannot reach {url}: {cause}")]
     Unreachable { url: String, cause: String },

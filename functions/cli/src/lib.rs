@@ -85,7 +85,9 @@ pub enum Status {
 }
 
 fn value_name<T: ValueEnum>(v: &T) -> String {
-    v.to_possible_value().map(|p| p.get_name().to_owned()).unwrap_or_default()
+    v.to_possible_value()
+        .map(|p| p.get_name().to_owned())
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Args)]

@@ -21,12 +21,19 @@ pub fn task(t: &Value) -> String {
         ("type", s(&t["type"]).into()),
         ("status", s(&t["status"]).into()),
         ("priority", s(&t["priority"]).into()),
-        ("attempts", format!("{}/{}", compact(&t["attempts"]), compact(&t["max_attempts"]))),
+        (
+            "attempts",
+            format!("{}/{}", compact(&t["attempts"]), compact(&t["max_attempts"])),
+        ),
         ("timeout", format!("{} s", compact(&t["timeout_seconds"]))),
         ("created", s(&t["created_at"]).into()),
         ("updated", s(&t["updated_at"]).into()),
     ];
-    for (name, field) in [("run at", "run_at"), ("started", "started_at"), ("finished", "finished_at")] {
+    for (name, field) in [
+        ("run at", "run_at"),
+        ("started", "started_at"),
+        ("finished", "finished_at"),
+    ] {
         if let Some(v) = t[field].as_str() {
             rows.push((name, v.into()));
         }
@@ -88,7 +95,10 @@ pub fn events(body: &Value) -> String {
                 (None, Some(t)) => format!("-> {t}"),
                 _ => String::new(),
             };
-            let attempt = e["attempt"].as_u64().map(|a| format!("attempt {a}")).unwrap_or_default();
+            let attempt = e["attempt"]
+                .as_u64()
+                .map(|a| format!("attempt {a}"))
+                .unwrap_or_default();
             let line = format!(
                 "{:>3}  {}  {:<16}  {:<20}  {:<10}  {}",
                 compact(&e["seq"]),
@@ -135,7 +145,10 @@ mod tests {
         }));
         assert!(text.contains("status    failed"), "{text}");
         assert!(text.contains("attempts  1/1"), "{text}");
-        assert!(text.contains("error     deliberate_failure: attempt 1 of the first 5 fails"), "{text}");
+        assert!(
+            text.contains("error     deliberate_failure: attempt 1 of the first 5 fails"),
+            "{text}"
+        );
         assert!(!text.contains("result"), "{text}");
     }
 

@@ -114,7 +114,11 @@ async fn submit_from_stdin_then_wait_shows_progress_and_the_result() {
     assert_eq!(done["result"]["hello"], "world");
     // Progress goes to stderr (not a terminal here: one line per change), ending at succeeded.
     let last = run.stderr.lines().last().unwrap_or_default();
-    assert!(last.contains(&id(&task)) && last.contains("succeeded"), "{}", run.stderr);
+    assert!(
+        last.contains(&id(&task)) && last.contains("succeeded"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,7 +168,15 @@ async fn waiting_on_a_failing_task_exits_3_and_shows_its_error() {
     let app = app().await;
     let run = app
         .taskq(
-            &["submit", "fail", "--data", r#"{"times": 5}"#, "--max-attempts", "1", "--wait"],
+            &[
+                "submit",
+                "fail",
+                "--data",
+                r#"{"times": 5}"#,
+                "--max-attempts",
+                "1",
+                "--wait",
+            ],
             None,
         )
         .await;
@@ -217,8 +229,16 @@ async fn list_filters_by_status_and_all_follows_cursors() {
     let run = app.taskq(&["list", "--limit", "2"], None).await;
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert!(lines[0].starts_with("ID"), "{}", run.stdout);
-    assert!(lines[1].starts_with(&id(&third)) && lines[1].contains("queued"), "{}", run.stdout);
-    assert!(lines[2].starts_with(&id(&bad)) && lines[2].contains("failed"), "{}", run.stdout);
+    assert!(
+        lines[1].starts_with(&id(&third)) && lines[1].contains("queued"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        lines[2].starts_with(&id(&bad)) && lines[2].contains("failed"),
+        "{}",
+        run.stdout
+    );
     assert!(lines[3].starts_with("more: --cursor "), "{}", run.stdout);
 }
 
@@ -291,16 +311,33 @@ async fn bad_input_gets_a_clear_error_and_its_own_exit_code() {
     // Refused before sending (exit 2).
     let run = app.taskq(&["submit", "echo", "--data", "{nope"], None).await;
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("the payload from --data is not JSON"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("the payload from --data is not JSON"),
+        "{}",
+        run.stderr
+    );
     let run = app.taskq(&["submit", "echo", "-"], Some("not json")).await;
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("the payload from stdin is not JSON"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("the payload from stdin is not JSON"),
+        "{}",
+        run.stderr
+    );
     let run = app.taskq(&["submit", "echo", "/nonexistent/payload.json"], None).await;
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("reading the payload file /nonexistent/payload.json"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("reading the payload file /nonexistent/payload.json"),
+        "{}",
+        run.stderr
+    );
     let run = app.taskq(&["submit", "echo", "--priority", "urgent"], None).await;
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("possible values: high, normal, low"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("possible values: high, normal, low"),
+        "{}",
+        run.stderr
+    );
     let run = app.taskq(&["get", "../admin/queues"], None).await;
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("is not a task id"), "{}", run.stderr);
@@ -324,9 +361,7 @@ async fn bad_input_gets_a_clear_error_and_its_own_exit_code() {
     assert!(run.stderr.starts_with("taskq: 401 "), "{}", run.stderr);
 
     // No server there.
-    let run = app
-        .taskq(&["list", "--url", "http://127.0.0.1:9"], None)
-        .await;
+    let run = app.taskq(&["list", "--url", "http://127.0.0.1:9"], None).await;
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("cannot reach http://127.0.0.1:9"), "{}", run.stderr);
     let run = app.taskq(&["list", "--url", "localhost:8080"], None).await;
