@@ -7,13 +7,15 @@ use std::collections::HashMap;
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use lambda_http::request::RequestContext;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// Minting lives in `taskq_core::token` so the CLI can mint without the API's dependencies.
+pub use taskq_core::token::{mint, Claims};
 
 /// The authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,20 +27,6 @@ pub struct Caller {
 pub struct Authenticator {
     key: Option<DecodingKey>,
     validation: Validation,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Claims {
-    pub sub: String,
-    pub exp: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub roles: Option<Value>,
-    #[serde(default, rename = "cognito:groups", skip_serializing_if = "Option::is_none")]
-    pub groups: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iss: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
 }
 
 impl Authenticator {
@@ -131,33 +119,6 @@ pub fn roles_of(v: &Value) -> Vec<String> {
         }
         _ => Vec::new(),
     }
-}
-
-/// Mints an HS256 token (local server's dev tokens and tests).
-pub fn mint(
-    secret: &str,
-    sub: &str,
-    roles: &[String],
-    ttl_seconds: u64,
-) -> Result<String, jsonwebtoken::errors::Error> {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-        + ttl_seconds;
-    let claims = Claims {
-        sub: sub.to_owned(),
-        exp,
-        roles: Some(Value::from(roles.to_vec())),
-        groups: None,
-        iss: None,
-        aud: None,
-    };
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
 }
 
 impl FromRequestParts<AppState> for Caller {

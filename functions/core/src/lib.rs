@@ -12,6 +12,8 @@ pub mod rate;
 pub mod service;
 pub mod submit;
 pub mod task;
+#[cfg(feature = "token")]
+pub mod token;
 pub mod transition;
 
 pub use ports::{

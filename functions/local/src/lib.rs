@@ -2,6 +2,7 @@
 //! three SQS event source mappings in front of the worker's batch handler. Backends are the
 //! embedded in-memory adapters by default, or DynamoDB and SQS endpoints (moto, LocalStack, AWS).
 
+pub mod dashboard;
 pub mod esm;
 
 use std::net::SocketAddr;
@@ -156,7 +157,8 @@ pub async fn start(options: LocalOptions) -> std::io::Result<LocalServer> {
     };
     let listener = TcpListener::bind(options.listen).await?;
     let addr = listener.local_addr()?;
-    let app = router(state);
+    // The dashboard's paths are disjoint from /v1/*, so merging cannot shadow an API route.
+    let app = router(state).merge(dashboard::router());
     let mut tasks = vec![tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "HTTP server stopped");

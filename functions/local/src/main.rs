@@ -38,8 +38,6 @@ ENVIRONMENT:
     RUST_LOG              log filter (default info)
 ";
 
-const DEV_SECRET: &str = "taskq-local-dev-secret";
-
 struct Args {
     items: Vec<String>,
 }
@@ -72,24 +70,21 @@ impl Args {
 }
 
 fn secret() -> String {
-    std::env::var("TASKQ_JWT_SECRET")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| DEV_SECRET.to_owned())
+    taskq_core::token::secret_or_dev(std::env::var("TASKQ_JWT_SECRET").ok())
 }
 
 fn token(mut args: Args) -> Result<(), String> {
     let user = args.value("--user")?.ok_or("token needs --user USER")?;
-    let roles: Vec<String> = args
+    let roles = args
         .value("--roles")?
-        .map(|r| r.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+        .map(|r| taskq_core::token::roles_from_list(&r))
         .unwrap_or_default();
     let ttl = match args.value("--ttl")? {
         Some(t) => t.parse::<u64>().map_err(|_| "--ttl must be a number of seconds")?,
         None => 24 * 3600,
     };
     args.finish()?;
-    let token = taskq_api::auth::mint(&secret(), &user, &roles, ttl).map_err(|e| e.to_string())?;
+    let token = taskq_core::token::mint(&secret(), &user, &roles, ttl).map_err(|e| e.to_string())?;
     println!("{token}");
     Ok(())
 }
@@ -152,7 +147,7 @@ async fn serve(mut args: Args) -> Result<(), String> {
     let server = start(options)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let token = taskq_api::auth::mint(&secret(), "dev-user", &[], 24 * 3600).map_err(|e| e.to_string())?;
+    let token = taskq_core::token::mint(&secret(), "dev-user", &[], 24 * 3600).map_err(|e| e.to_string())?;
     let url = server.base_url();
     println!("taskq-local listening on {url} (backend: {backend})");
     println!("dev token for user dev-user (24 h):\n  export TOKEN={token}");
