@@ -7,11 +7,13 @@ pub mod cache;
 pub mod faults;
 pub mod limits;
 pub mod memory;
+pub mod metrics;
 pub mod ports;
 pub mod rate;
 pub mod service;
 pub mod submit;
 pub mod task;
+pub mod trace;
 pub mod transition;
 
 pub use ports::{

@@ -171,6 +171,8 @@ pub struct Delivery {
     pub receive_count: u32,
     pub sent_at: DateTime<Utc>,
     pub group_id: Option<String>,
+    /// The X-Ray trace header the message was sent with (`AWSTraceHeader`), if any.
+    pub trace_header: Option<String>,
 }
 
 #[async_trait]
