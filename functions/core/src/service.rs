@@ -8,6 +8,7 @@ use thiserror::Error;
 
 use crate::cache::CacheLayer;
 use crate::limits::IDEMPOTENCY_TTL_SECONDS;
+use crate::metrics::{self, Counter};
 use crate::ports::{Created, IdempotencyClaim, ListQuery, QueueError, StoreError, TaskPage, TaskQueue, TaskStore};
 use crate::submit::{FieldError, NewTask};
 use crate::task::{EventKind, Status, Task, TaskEvent, TaskId};
@@ -175,6 +176,7 @@ impl TaskService {
                     .send(&task.message(), delay)
                     .await
                     .map_err(|e| ServiceError::NotEnqueued(task.id, e))?;
+                metrics::record(Counter::Submitted, &task, None);
                 Ok(Submitted { task, replayed: false })
             }
         }
@@ -225,8 +227,13 @@ impl TaskService {
         let messages: Vec<_> = to_send.iter().map(|(_, m, d)| (m.clone(), *d)).collect();
         let sent = self.queue.send_batch(&messages).await;
         for ((i, message, _), outcome) in to_send.into_iter().zip(sent) {
-            if let Err(e) = outcome {
-                results[i] = Some(Err(ServiceError::NotEnqueued(message.task_id, e)));
+            match outcome {
+                Err(e) => results[i] = Some(Err(ServiceError::NotEnqueued(message.task_id, e))),
+                Ok(()) => {
+                    if let Some(Ok(s)) = &results[i] {
+                        metrics::record(Counter::Submitted, &s.task, None);
+                    }
+                }
             }
         }
         results
