@@ -12,15 +12,18 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 pub async fn request_span(request: Request, next: Next) -> Response {
+    let trace = trace_header(&request);
     let span = tracing::info_span!(
         "request",
         request_id = %request_id(&request),
+        trace_header = trace.as_deref(),
         user_id = Empty,
         task_id = Empty,
         priority = Empty,
     );
-    let trace = trace_header(&request);
-    taskq_core::trace::scope(trace, next.run(request)).instrument(span).await
+    taskq_core::trace::scope(trace, next.run(request))
+        .instrument(span)
+        .await
 }
 
 /// Records a field of the current request's span (a no-op outside one).

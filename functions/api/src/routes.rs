@@ -119,7 +119,11 @@ async fn submit(
     let submitted = state.service.submit(&caller.user_id, &new, key.as_deref()).await?;
     observe::record("task_id", &submitted.task.id);
     observe::record("priority", &submitted.task.priority);
-    tracing::info!(task_type = submitted.task.task_type.as_str(), replayed = submitted.replayed, "task submitted");
+    tracing::info!(
+        task_type = submitted.task.task_type.as_str(),
+        replayed = submitted.replayed,
+        "task submitted"
+    );
     Ok(submitted_response(submitted))
 }
 

@@ -43,7 +43,10 @@ async fn behind_api_gateway_the_invocation_trace_id_goes_with_the_message() {
         .await
         .unwrap();
     assert_eq!(serde_json::to_value(&response).unwrap()["statusCode"], 202);
-    assert_eq!(trace_of_next_message(&queue, Priority::High).await.as_deref(), Some(TRACE));
+    assert_eq!(
+        trace_of_next_message(&queue, Priority::High).await.as_deref(),
+        Some(TRACE)
+    );
 }
 
 async fn submit(router: axum::Router, trace: Option<&[u8]>, path: &str, body: Value) -> u16 {
@@ -64,13 +67,26 @@ async fn submit(router: axum::Router, trace: Option<&[u8]>, path: &str, body: Va
 #[tokio::test]
 async fn over_plain_http_the_trace_header_is_taken_from_x_amzn_trace_id() {
     let (router, queue) = app();
-    let status = submit(router.clone(), Some(TRACE.as_bytes()), "/v1/tasks", json!({"type": "echo"})).await;
+    let status = submit(
+        router.clone(),
+        Some(TRACE.as_bytes()),
+        "/v1/tasks",
+        json!({"type": "echo"}),
+    )
+    .await;
     assert_eq!(status, 202);
-    assert_eq!(trace_of_next_message(&queue, Priority::Normal).await.as_deref(), Some(TRACE));
+    assert_eq!(
+        trace_of_next_message(&queue, Priority::Normal).await.as_deref(),
+        Some(TRACE)
+    );
 
     let status = submit(router.clone(), None, "/v1/tasks", json!({"type": "echo"})).await;
     assert_eq!(status, 202);
-    assert_eq!(trace_of_next_message(&queue, Priority::Normal).await, None, "no header, no trace");
+    assert_eq!(
+        trace_of_next_message(&queue, Priority::Normal).await,
+        None,
+        "no header, no trace"
+    );
 
     // A header that is not visible ASCII is ignored, not an error.
     let status = submit(router, Some(b"Root=\xff"), "/v1/tasks", json!({"type": "echo"})).await;
@@ -82,7 +98,13 @@ async fn over_plain_http_the_trace_header_is_taken_from_x_amzn_trace_id() {
 async fn a_batch_carries_the_trace_header_on_every_message() {
     let (router, queue) = app();
     let tasks: Vec<Value> = (0..3).map(|_| json!({"type": "echo", "priority": "low"})).collect();
-    let status = submit(router, Some(TRACE.as_bytes()), "/v1/tasks/batch", json!({"tasks": tasks})).await;
+    let status = submit(
+        router,
+        Some(TRACE.as_bytes()),
+        "/v1/tasks/batch",
+        json!({"tasks": tasks}),
+    )
+    .await;
     assert_eq!(status, 202);
     let d = queue.receive(Priority::Low, 10, Duration::ZERO).await.unwrap();
     assert_eq!(d.len(), 3);

@@ -127,7 +127,10 @@ impl Intercept for RequestCounter {
             let size: usize = q.items.iter().flatten().map(item_size).sum();
             ((read_units(size) / 2.0).max(0.5), 0.0)
         } else if let Some(u) = output.downcast_ref::<UpdateItemOutput>() {
-            (0.0, u.attributes.as_ref().map(|i| write_units(item_size(i))).unwrap_or(1.0))
+            (
+                0.0,
+                u.attributes.as_ref().map(|i| write_units(item_size(i))).unwrap_or(1.0),
+            )
         } else {
             return Ok(());
         };

@@ -100,7 +100,9 @@ impl AwsConfig {
         let ddb = aws_sdk_dynamodb::config::Builder::from(sdk)
             .interceptor(counter.clone())
             .build();
-        let sqs = aws_sdk_sqs::config::Builder::from(sdk).interceptor(counter.clone()).build();
+        let sqs = aws_sdk_sqs::config::Builder::from(sdk)
+            .interceptor(counter.clone())
+            .build();
         (
             DynamoDbTaskStore::new(aws_sdk_dynamodb::Client::from_conf(ddb), self.table_name.clone()),
             SqsTaskQueue::new(aws_sdk_sqs::Client::from_conf(sqs), self.queues.clone()),

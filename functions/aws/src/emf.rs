@@ -134,7 +134,10 @@ mod tests {
 
     #[test]
     fn task_line_is_emf_with_type_and_priority_dimensions() {
-        let (id, m) = metric(Counter::Started, Some((Timing::QueueWait, Duration::from_micros(12_500))));
+        let (id, m) = metric(
+            Counter::Started,
+            Some((Timing::QueueWait, Duration::from_micros(12_500))),
+        );
         let v: Value = serde_json::from_str(&task_line(&m, 1_700_000_000_123)).unwrap();
         assert_eq!(v["_aws"]["Timestamp"], 1_700_000_000_123i64);
         let cw = &v["_aws"]["CloudWatchMetrics"];
@@ -146,7 +149,10 @@ mod tests {
             json!([{"Name": "Started", "Unit": "Count"}, {"Name": "QueueWait", "Unit": "Milliseconds"}])
         );
         // Every dimension and metric named in the directive is a member of the root object.
-        assert_eq!((v["type"].as_str(), v["priority"].as_str()), (Some("echo"), Some("high")));
+        assert_eq!(
+            (v["type"].as_str(), v["priority"].as_str()),
+            (Some("echo"), Some("high"))
+        );
         assert_eq!(v["Started"], 1);
         assert_eq!(v["QueueWait"].as_f64(), Some(12.5));
         assert_eq!(v["task_id"], id.to_string());
@@ -177,7 +183,10 @@ mod tests {
         assert_eq!(cw["Namespace"], "taskq");
         assert_eq!(cw["Dimensions"], json!([["function"]]));
         assert_eq!(cw["Metrics"], json!([{"Name": "ColdStart", "Unit": "Count"}]));
-        assert_eq!((v["function"].as_str(), v["ColdStart"].as_i64()), (Some("taskq-worker"), Some(1)));
+        assert_eq!(
+            (v["function"].as_str(), v["ColdStart"].as_i64()),
+            (Some("taskq-worker"), Some(1))
+        );
     }
 
     #[derive(Clone, Default)]
@@ -197,7 +206,10 @@ mod tests {
         let buf = Shared::default();
         let sink = EmfSink::new(Box::new(buf.clone()));
         let (_, started) = metric(Counter::Started, None);
-        let (_, done) = metric(Counter::Succeeded, Some((Timing::RunDuration, Duration::from_millis(3))));
+        let (_, done) = metric(
+            Counter::Succeeded,
+            Some((Timing::RunDuration, Duration::from_millis(3))),
+        );
         std::thread::scope(|s| {
             for _ in 0..4 {
                 s.spawn(|| {
@@ -213,7 +225,10 @@ mod tests {
         let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 401);
         assert_eq!(lines.iter().filter(|l| l["Succeeded"] == 1).count(), 200);
-        assert_eq!(lines.iter().filter(|l| l["RunDuration"].as_f64() == Some(3.0)).count(), 200);
+        assert_eq!(
+            lines.iter().filter(|l| l["RunDuration"].as_f64() == Some(3.0)).count(),
+            200
+        );
     }
 
     #[test]

@@ -130,7 +130,10 @@ fn trace_attributes(header: Option<String>) -> Option<SystemAttributes> {
         .string_value(header?)
         .build()
         .ok()?;
-    Some(HashMap::from([(MessageSystemAttributeNameForSends::AwsTraceHeader, value)]))
+    Some(HashMap::from([(
+        MessageSystemAttributeNameForSends::AwsTraceHeader,
+        value,
+    )]))
 }
 
 fn secs(d: Duration) -> i32 {

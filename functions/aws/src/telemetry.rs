@@ -24,10 +24,7 @@ pub fn init() {
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     // try_init: tests and the local server may call this more than once.
     let _ = if in_lambda {
-        builder
-            .fmt_fields(JsonFields::new())
-            .event_format(FlatJson)
-            .try_init()
+        builder.fmt_fields(JsonFields::new()).event_format(FlatJson).try_init()
     } else {
         builder.with_writer(std::io::stderr).try_init()
     };

@@ -93,7 +93,11 @@ async fn send_message_batch_sends_the_trace_header_on_every_entry() {
     let batch: Vec<_> = (0..12).map(|_| (message(Priority::Low), Duration::ZERO)).collect();
     let results = taskq_core::trace::scope(Some(TRACE.into()), q.send_batch(&batch)).await;
     assert!(results.iter().all(Result::is_ok));
-    assert_eq!(counter.snapshot()["SQS.SendMessageBatch"].calls, 2, "12 messages, batches of 10");
+    assert_eq!(
+        counter.snapshot()["SQS.SendMessageBatch"].calls,
+        2,
+        "12 messages, batches of 10"
+    );
     let sent = bodies.0.lock().unwrap().clone();
     let batch_bodies: Vec<serde_json::Value> = sent
         .iter()
@@ -107,7 +111,10 @@ async fn send_message_batch_sends_the_trace_header_on_every_entry() {
         .collect();
     assert_eq!(entries.len(), 12);
     for e in entries {
-        assert_eq!(e["MessageSystemAttributes"]["AWSTraceHeader"]["StringValue"], TRACE, "{e}");
+        assert_eq!(
+            e["MessageSystemAttributes"]["AWSTraceHeader"]["StringValue"], TRACE,
+            "{e}"
+        );
         assert_eq!(e["MessageSystemAttributes"]["AWSTraceHeader"]["DataType"], "String");
     }
 }

@@ -40,7 +40,10 @@ fn calls(c: &Counts, op: &str) -> u64 {
 
 fn print_table(title: &str, c: &Counts, n: usize) {
     println!("\n{title} (N = {n})");
-    println!("{:<32} {:>7} {:>10} {:>9} {:>9}", "operation", "calls", "per task", "RCU/task", "WCU/task");
+    println!(
+        "{:<32} {:>7} {:>10} {:>9} {:>9}",
+        "operation", "calls", "per task", "RCU/task", "WCU/task"
+    );
     for (op, o) in c {
         println!(
             "{:<32} {:>7} {:>10.2} {:>9.2} {:>9.2}",
@@ -105,7 +108,11 @@ impl Run {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_accounting() {
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(std::env::var("RUST_LOG").unwrap_or("warn".into()))).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("RUST_LOG").unwrap_or("warn".into()),
+        ))
+        .try_init();
     let Some(endpoint) = taskq_aws::testing::endpoint("request_accounting") else {
         return;
     };
@@ -116,7 +123,10 @@ async fn request_accounting() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    assert!(n >= 10 && n % 10 == 0, "TASKQ_ACCOUNTING_TASKS must be a multiple of 10");
+    assert!(
+        n >= 10 && n.is_multiple_of(10),
+        "TASKQ_ACCOUNTING_TASKS must be a multiple of 10"
+    );
     let (sdk, config) = taskq_aws::testing::fresh(&endpoint, 30).await;
     let counter = RequestCounter::new();
     let (store, queue) = config.adapters_counted(&sdk, &counter);
@@ -129,8 +139,8 @@ async fn request_accounting() {
     o.policy =
         taskq_local::RolePolicy::parse(Some(r#"{"default":{"per_second":100000,"burst":100000}}"#), None).unwrap();
     o.sweep_every = None; // the sweeper's calls are per sweep, not per task
-    // Long polls, as Lambda's pollers make them (SQS takes whole seconds: under 1 s is a short
-    // poll, and the pollers would spin).
+                          // Long polls, as Lambda's pollers make them (SQS takes whole seconds: under 1 s is a short
+                          // poll, and the pollers would spin).
     o.event_sources = EventSourceConfig {
         poll_wait: Duration::from_secs(2),
         ..EventSourceConfig::default()

@@ -146,7 +146,11 @@ impl Worker {
             Started::Backoff => return Ok(Outcome::Again),
         };
         tracing::Span::current().record("task_type", task.task_type.as_str());
-        metrics::record(Counter::Started, &task, queue_wait(message, &task).map(|w| (Timing::QueueWait, w)));
+        metrics::record(
+            Counter::Started,
+            &task,
+            queue_wait(message, &task).map(|w| (Timing::QueueWait, w)),
+        );
         if task.cancel_requested {
             self.finish(&task, Transition::Cancel { error: None }, None).await?;
             return Ok(Outcome::Done);
