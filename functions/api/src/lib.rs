@@ -6,6 +6,7 @@ mod body;
 pub mod error;
 mod etag;
 mod limit;
+mod observe;
 mod routes;
 mod state;
 

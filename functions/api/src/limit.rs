@@ -21,6 +21,7 @@ pub async fn rate_limit(State(state): State<AppState>, request: Request, next: N
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
+    crate::observe::record("user_id", &caller.user_id);
     let quota = state.policy.quota(&caller.roles);
     let decision = match state.limiter.acquire(&caller.user_id, quota).await {
         Ok(d) => Some(d),

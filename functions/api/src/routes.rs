@@ -19,7 +19,7 @@ use taskq_core::{FieldError, ListQuery, NewTask, Priority, Status, Submitted, Ta
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{body, etag, limit, OPENAPI};
+use crate::{body, etag, limit, observe, OPENAPI};
 
 pub fn router(state: AppState) -> Router {
     // Authenticated routes go through the rate limiter; `route_layer` keeps unknown paths 404.
@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::MethodNotAllowed("this route does not accept this method".into())
         })
         .with_state(state)
+        .layer(axum::middleware::from_fn(observe::request_span))
 }
 
 async fn health() -> Response {
@@ -116,6 +117,13 @@ async fn submit(
     let new = NewTask::from_json(&value, "")?;
     allowed_priority(&state, &caller, &new, "")?;
     let submitted = state.service.submit(&caller.user_id, &new, key.as_deref()).await?;
+    observe::record("task_id", &submitted.task.id);
+    observe::record("priority", &submitted.task.priority);
+    tracing::info!(
+        task_type = submitted.task.task_type.as_str(),
+        replayed = submitted.replayed,
+        "task submitted"
+    );
     Ok(submitted_response(submitted))
 }
 
@@ -179,7 +187,12 @@ async fn submit_batch(
         .map(|f| match f {
             Some(e) => json!({"error": e.problem()}),
             None => match submitted.next() {
-                Some(Ok(s)) => json!({"task": s.task}),
+                Some(Ok(s)) => {
+                    // One line per task, so a search by task_id finds batch submissions too.
+                    tracing::info!(task_id = %s.task.id, priority = %s.task.priority,
+                        task_type = s.task.task_type.as_str(), replayed = s.replayed, "task submitted");
+                    json!({"task": s.task})
+                }
                 Some(Err(e)) => json!({"error": ApiError::from(e).problem()}),
                 None => json!({"error": ApiError::Internal.problem()}),
             },
@@ -190,7 +203,9 @@ async fn submit_batch(
 
 fn task_id(raw: &str) -> Result<TaskId, ApiError> {
     // A malformed id names no task: 404, like any unknown id.
-    raw.parse().map_err(|_| ApiError::NotFound)
+    let id: TaskId = raw.parse().map_err(|_| ApiError::NotFound)?;
+    observe::record("task_id", &id);
+    Ok(id)
 }
 
 /// Rejects query parameters a route does not know, naming them.

@@ -3,6 +3,7 @@
 use aws_config::BehaviorVersion;
 use taskq_core::Priority;
 
+use crate::accounting::RequestCounter;
 use crate::{DynamoDbTaskStore, SqsTaskQueue};
 
 /// Queue URLs by priority: high, normal, low.
@@ -87,6 +88,24 @@ impl AwsConfig {
         (
             DynamoDbTaskStore::new(aws_sdk_dynamodb::Client::new(sdk), self.table_name.clone()),
             SqsTaskQueue::new(aws_sdk_sqs::Client::new(sdk), self.queues.clone()),
+        )
+    }
+
+    /// Both adapters, their clients counting every call in `counter` (request accounting).
+    pub fn adapters_counted(
+        &self,
+        sdk: &aws_config::SdkConfig,
+        counter: &RequestCounter,
+    ) -> (DynamoDbTaskStore, SqsTaskQueue) {
+        let ddb = aws_sdk_dynamodb::config::Builder::from(sdk)
+            .interceptor(counter.clone())
+            .build();
+        let sqs = aws_sdk_sqs::config::Builder::from(sdk)
+            .interceptor(counter.clone())
+            .build();
+        (
+            DynamoDbTaskStore::new(aws_sdk_dynamodb::Client::from_conf(ddb), self.table_name.clone()),
+            SqsTaskQueue::new(aws_sdk_sqs::Client::from_conf(sqs), self.queues.clone()),
         )
     }
 }

@@ -102,10 +102,9 @@ impl TaskStore for DynamoDbTaskStore {
                 .map_err(store_error)?;
             return Ok(Created::New(task.clone()));
         };
-        // Fast path for replays: most requests that carry a used key are retries.
-        if let Some(existing) = self.claimed(&task.user_id, claim).await? {
-            return Ok(existing);
-        }
+        // Write first, read only when the key turns out to be taken: most keyed requests are new
+        // (a replay is a client's retry), so reading the key first would add a GetItem (and a
+        // round trip) to nearly every submission to save a failed transaction on the rare replay.
         let mut key_item = Self::key(&task.user_id, item::key_sk(&claim.key));
         key_item.insert("task_id".into(), AttributeValue::S(task.id.to_string()));
         key_item.insert("fingerprint".into(), AttributeValue::S(claim.fingerprint.clone()));
@@ -150,7 +149,7 @@ impl TaskStore for DynamoDbTaskStore {
             Err(e) => {
                 let cancelled = matches!(e.code(), Some("TransactionCanceledException"));
                 if cancelled {
-                    // A concurrent request claimed the key between our read and write.
+                    // The key is claimed (a replay, or a concurrent request with the same key).
                     if let Some(existing) = self.claimed(&task.user_id, claim).await? {
                         return Ok(existing);
                     }

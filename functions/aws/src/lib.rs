@@ -3,10 +3,12 @@
 //! `AWS_ENDPOINT_URL`), a bootstrap that creates the resources for local runs and tests, and the
 //! telemetry set-up shared by the Lambda binaries.
 
+pub mod accounting;
 pub mod bootstrap;
 pub mod config;
 mod dynamodb;
 pub mod elasticache;
+pub mod emf;
 mod item;
 pub mod redis_cache;
 mod sqs;

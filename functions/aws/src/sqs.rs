@@ -1,11 +1,15 @@
 //! [`TaskQueue`] over three SQS standard queues. Messages carry keys only, and the user id as
 //! `MessageGroupId`, which turns on SQS fair queues: one busy user cannot starve the others.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{
+    MessageSystemAttributeName, MessageSystemAttributeNameForSends, MessageSystemAttributeValue, QueueAttributeName,
+    SendMessageBatchRequestEntry,
+};
 use aws_sdk_sqs::Client;
 use chrono::{TimeZone, Utc};
 use taskq_core::{Delivery, Priority, QueueError, QueueStats, RedrivePath, TaskMessage, TaskQueue};
@@ -75,6 +79,7 @@ impl SqsTaskQueue {
                         .unwrap_or(1),
                     sent_at: Utc.timestamp_millis_opt(sent_ms).single().unwrap_or_else(Utc::now),
                     group_id: attr(MessageSystemAttributeName::MessageGroupId),
+                    trace_header: attr(MessageSystemAttributeName::AwsTraceHeader),
                 }
             })
             .collect())
@@ -115,6 +120,22 @@ fn body(m: &TaskMessage) -> Result<String, QueueError> {
     serde_json::to_string(m).map_err(|e| QueueError::Unavailable(e.into()))
 }
 
+type SystemAttributes = HashMap<MessageSystemAttributeNameForSends, MessageSystemAttributeValue>;
+
+/// `AWSTraceHeader` for a message, so the worker's trace continues the request's. SQS takes
+/// it as a message system attribute (it is not counted against the ten message attributes).
+fn trace_attributes(header: Option<String>) -> Option<SystemAttributes> {
+    let value = MessageSystemAttributeValue::builder()
+        .data_type("String")
+        .string_value(header?)
+        .build()
+        .ok()?;
+    Some(HashMap::from([(
+        MessageSystemAttributeNameForSends::AwsTraceHeader,
+        value,
+    )]))
+}
+
 fn secs(d: Duration) -> i32 {
     d.as_secs_f64().ceil() as i32
 }
@@ -142,6 +163,7 @@ impl TaskQueue for SqsTaskQueue {
             .message_body(body(message)?)
             .delay_seconds(secs(delay))
             .message_group_id(&message.user_id)
+            .set_message_system_attributes(trace_attributes(taskq_core::trace::current()))
             .send()
             .await
             .map_err(queue_error)?;
@@ -151,6 +173,8 @@ impl TaskQueue for SqsTaskQueue {
     #[instrument(skip_all, fields(count = messages.len()))]
     async fn send_batch(&self, messages: &[(TaskMessage, Duration)]) -> Vec<Result<(), QueueError>> {
         let mut results: Vec<Result<(), QueueError>> = (0..messages.len()).map(|_| Ok(())).collect();
+        // One request's messages: one trace header for all of them.
+        let trace = taskq_core::trace::current();
         for priority in Priority::ALL {
             let indices: Vec<usize> = (0..messages.len())
                 .filter(|i| messages[*i].0.priority == *priority)
@@ -165,6 +189,7 @@ impl TaskQueue for SqsTaskQueue {
                             .message_body(b)
                             .delay_seconds(secs(*delay))
                             .message_group_id(&m.user_id)
+                            .set_message_system_attributes(trace_attributes(trace.clone()))
                             .build()
                             .map_err(|e| QueueError::Unavailable(e.into()))
                     });
@@ -287,6 +312,7 @@ impl TaskQueue for SqsTaskQueue {
                     if let Some(g) = &d.group_id {
                         send = send.message_group_id(g);
                     }
+                    send = send.set_message_system_attributes(trace_attributes(d.trace_header.clone()));
                     send.send().await.map_err(queue_error)?;
                     self.client
                         .delete_message()

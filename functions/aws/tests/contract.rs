@@ -364,6 +364,7 @@ fn message(user: &str, p: Priority) -> TaskMessage {
         task_id: taskq_core::TaskId::new(),
         priority: p,
         timeout_seconds: 60,
+        run_at: None,
     }
 }
 

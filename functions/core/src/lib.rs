@@ -7,6 +7,7 @@ pub mod cache;
 pub mod faults;
 pub mod limits;
 pub mod memory;
+pub mod metrics;
 pub mod ports;
 pub mod rate;
 pub mod service;
@@ -14,6 +15,7 @@ pub mod submit;
 pub mod task;
 #[cfg(feature = "token")]
 pub mod token;
+pub mod trace;
 pub mod transition;
 
 pub use ports::{

@@ -119,6 +119,7 @@ impl ActiveTask {
             task_id: self.id,
             priority: self.priority,
             timeout_seconds: self.timeout_seconds,
+            run_at: self.run_at,
         }
     }
 }
@@ -166,6 +167,11 @@ pub struct TaskMessage {
     /// starts it (the task itself is not read first).
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u32,
+    /// When a delayed task became runnable (its `run_at`), so the worker can measure the queue
+    /// wait of a first attempt without a read; absent when the task was runnable at once (its
+    /// id, a ULID, holds its creation time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<DateTime<Utc>>,
 }
 
 fn default_timeout() -> u32 {
@@ -181,6 +187,8 @@ pub struct Delivery {
     pub receive_count: u32,
     pub sent_at: DateTime<Utc>,
     pub group_id: Option<String>,
+    /// The X-Ray trace header the message was sent with (`AWSTraceHeader`), if any.
+    pub trace_header: Option<String>,
 }
 
 #[async_trait]

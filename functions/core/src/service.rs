@@ -8,6 +8,7 @@ use thiserror::Error;
 
 use crate::cache::CacheLayer;
 use crate::limits::IDEMPOTENCY_TTL_SECONDS;
+use crate::metrics::{self, Counter};
 use crate::ports::{Created, IdempotencyClaim, ListQuery, QueueError, StoreError, TaskPage, TaskQueue, TaskStore};
 use crate::submit::{FieldError, NewTask};
 use crate::task::{EventKind, Status, Task, TaskEvent, TaskId};
@@ -177,6 +178,7 @@ impl TaskService {
                         .await
                         .map_err(|e| ServiceError::NotEnqueued(task.id, e))?;
                 }
+                metrics::record(Counter::Submitted, &task, None);
                 Ok(Submitted { task, replayed: false })
             }
         }
@@ -219,8 +221,10 @@ impl TaskService {
                 }) => Ok(Submitted { task, replayed: true }),
                 Ok(Created::Existing { .. }) => Err(ServiceError::IdempotencyMismatch),
                 Ok(Created::New(task)) => {
-                    if let Some(delay) = task.send_delay(Utc::now()) {
-                        to_send.push((i, task.message(), delay));
+                    match task.send_delay(Utc::now()) {
+                        Some(delay) => to_send.push((i, task.message(), delay)),
+                        // Scheduled past SQS's delay: stored is submitted (the sweeper enqueues it).
+                        None => metrics::record(Counter::Submitted, &task, None),
                     }
                     Ok(Submitted { task, replayed: false })
                 }
@@ -229,8 +233,13 @@ impl TaskService {
         let messages: Vec<_> = to_send.iter().map(|(_, m, d)| (m.clone(), *d)).collect();
         let sent = self.queue.send_batch(&messages).await;
         for ((i, message, _), outcome) in to_send.into_iter().zip(sent) {
-            if let Err(e) = outcome {
-                results[i] = Some(Err(ServiceError::NotEnqueued(message.task_id, e)));
+            match outcome {
+                Err(e) => results[i] = Some(Err(ServiceError::NotEnqueued(message.task_id, e))),
+                Ok(()) => {
+                    if let Some(Ok(s)) = &results[i] {
+                        metrics::record(Counter::Submitted, &s.task, None);
+                    }
+                }
             }
         }
         results

@@ -266,6 +266,7 @@ impl Task {
             task_id: self.id,
             priority: self.priority,
             timeout_seconds: self.timeout_seconds,
+            run_at: self.run_at,
         }
     }
 }

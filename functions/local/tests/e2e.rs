@@ -319,6 +319,7 @@ async fn duplicate_deliveries_change_nothing(app: TestApp) {
             task_id: id.parse::<TaskId>().unwrap(),
             priority: t["priority"].as_str().unwrap().parse::<Priority>().unwrap(),
             timeout_seconds: 60,
+            run_at: None,
         };
         app.server.queue.send(&message, Duration::ZERO).await.unwrap();
         ids.push((id, message));

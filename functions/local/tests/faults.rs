@@ -191,6 +191,7 @@ async fn run(
                 task_id: TaskId::new(),
                 priority: *p,
                 timeout_seconds: 1,
+                run_at: None,
             };
             queue.send(&junk, Duration::ZERO).await.unwrap();
         }

@@ -245,8 +245,9 @@ impl Sweeper {
                 Err(_) => return Ok(false),
             };
             match self.store.apply(&task.user_id, task.id, &change).await {
-                Ok(_) => {
-                    info!(task_id = %task.id, receives, "marked dead");
+                Ok(dead) => {
+                    info!(task_id = %task.id, user_id = %task.user_id, priority = %task.priority, receives, "marked dead");
+                    taskq_core::metrics::record(taskq_core::metrics::Counter::Dead, &dead, None);
                     return Ok(true);
                 }
                 Err(StoreError::Conflict { current: Some(now) }) => task = *now,

@@ -8,6 +8,7 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use chrono::Utc;
 use serde_json::Value;
 use taskq_core::limits::max_result_bytes;
+use taskq_core::metrics::{self, Counter, Timing};
 use taskq_core::{Snapshot, Status, StoreError, Task, TaskFailure, TaskMessage, TaskQueue, TaskStore, Transition};
 use tokio::time::Instant;
 use tracing::{error, info, info_span, warn, Instrument};
@@ -95,8 +96,17 @@ impl Worker {
                 return Outcome::Done;
             }
         };
-        let span =
-            info_span!("task", task_id = %message.task_id, user_id = %message.user_id, priority = %message.priority);
+        // Every line about this task carries its ids, and the X-Ray trace header the API sent
+        // the message with, so one task reads as one trace from submit to finish.
+        let trace_header = record.attributes.get("AWSTraceHeader").map(String::as_str);
+        let span = info_span!(
+            "task",
+            task_id = %message.task_id,
+            user_id = %message.user_id,
+            priority = %message.priority,
+            trace_header,
+            task_type = tracing::field::Empty,
+        );
         async {
             if deadline.saturating_duration_since(Instant::now()) < self.config.deadline_margin {
                 info!("invocation deadline near: not starting");
@@ -135,11 +145,19 @@ impl Worker {
             Started::Run(task) => task,
             Started::Backoff => return Ok(Outcome::Again),
         };
+        tracing::Span::current().record("task_type", task.task_type.as_str());
+        metrics::record(
+            Counter::Started,
+            &task,
+            queue_wait(message, &task).map(|w| (Timing::QueueWait, w)),
+        );
         if task.cancel_requested {
-            self.finish(&task, Transition::Cancel { error: None }).await?;
+            self.finish(&task, Transition::Cancel { error: None }, None).await?;
             return Ok(Outcome::Done);
         }
+        let began = Instant::now();
         let (outcome, cancel_seen) = self.execute(&task, deadline).await;
+        let ran = Some((Timing::RunDuration, began.elapsed()));
         let cancel_requested = task.cancel_requested || cancel_seen;
         let transition = match outcome {
             Ok(result) => {
@@ -171,6 +189,7 @@ impl Worker {
                             error: e.failure(),
                             run_at,
                         },
+                        ran,
                     )
                     .await?;
                 if let Some(after) = after.filter(|t| t.cancel_requested) {
@@ -180,6 +199,7 @@ impl Worker {
                         Transition::Cancel {
                             error: after.error.clone(),
                         },
+                        None,
                     )
                     .await?;
                     return Ok(Outcome::Done);
@@ -192,7 +212,7 @@ impl Worker {
             }
             Err(e) => Transition::Fail { error: e.failure() },
         };
-        self.finish(&task, transition).await?;
+        self.finish(&task, transition, ran).await?;
         Ok(Outcome::Done)
     }
 
@@ -237,7 +257,8 @@ impl Worker {
                     };
                     if let Ok(change) = fail.plan(current, now) {
                         match self.store.apply(&message.user_id, message.task_id, &change).await {
-                            Ok(_) | Err(StoreError::Conflict { .. }) => {}
+                            Ok(failed) => metrics::record(Counter::Failed, &failed, None),
+                            Err(StoreError::Conflict { .. }) => {}
                             Err(e) => return Err(e),
                         }
                     }
@@ -365,7 +386,13 @@ impl Worker {
 
     /// Writes the end of an attempt. A conflict means the task moved on without this worker
     /// (its lease expired and another delivery took over): this attempt's outcome is dropped.
-    async fn finish(&self, task: &Task, transition: Transition) -> Result<Option<Task>, StoreError> {
+    /// `ran` is how long the handler ran, when this ends a run (a metric of the outcome).
+    async fn finish(
+        &self,
+        task: &Task,
+        transition: Transition,
+        ran: Option<(Timing, Duration)>,
+    ) -> Result<Option<Task>, StoreError> {
         let change = match transition.plan(Snapshot::from(task), Utc::now()) {
             Ok(c) => c,
             Err(e) => {
@@ -376,6 +403,16 @@ impl Worker {
         match self.store.apply(&task.user_id, task.id, &change).await {
             Ok(after) => {
                 info!(status = %after.status, attempt = after.attempts, "attempt finished");
+                // Counted once the write landed: a duplicate delivery's outcome is not counted.
+                let counter = match after.status {
+                    Status::Succeeded => Some(Counter::Succeeded),
+                    Status::Failed => Some(Counter::Failed),
+                    Status::Queued => Some(Counter::Retried),
+                    _ => None,
+                };
+                if let Some(counter) = counter {
+                    metrics::record(counter, &after, ran);
+                }
                 Ok(Some(after))
             }
             Err(StoreError::Conflict { .. }) => {
@@ -385,6 +422,18 @@ impl Worker {
             Err(e) => Err(e),
         }
     }
+}
+
+/// How long a first attempt waited in its queue: from when the task became runnable (submitted,
+/// or its delay ended) to its start. Retries are not measured: their wait is the backoff the
+/// worker chose, and would hide the queueing this metric is for.
+fn queue_wait(message: &TaskMessage, task: &Task) -> Option<Duration> {
+    if task.attempts != 1 {
+        return None;
+    }
+    let runnable = message.run_at.unwrap_or(task.created_at).max(task.created_at);
+    let started = task.started_at?;
+    (started - runnable).to_std().ok()
 }
 
 enum Started {

@@ -23,6 +23,9 @@ pub fn event_from(priority: Priority, deliveries: Vec<Delivery>) -> SqsEvent {
             if let Some(g) = d.group_id {
                 m.attributes.insert("MessageGroupId".to_owned(), g);
             }
+            if let Some(t) = d.trace_header {
+                m.attributes.insert("AWSTraceHeader".to_owned(), t);
+            }
             m.event_source = Some("aws:sqs".into());
             m.event_source_arn = Some(format!("arn:aws:sqs:local:000000000000:taskq-{priority}"));
             m.aws_region = Some("local".into());

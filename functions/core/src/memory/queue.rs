@@ -30,6 +30,8 @@ struct Message {
     id: u64,
     body: String,
     group_id: String,
+    /// `AWSTraceHeader`, as SQS keeps it with the message.
+    trace_header: Option<String>,
     sent_at: chrono::DateTime<Utc>,
     visible_at: Instant,
     receive_count: u32,
@@ -56,6 +58,7 @@ impl Message {
             receive_count: self.receive_count,
             sent_at: self.sent_at,
             group_id: Some(self.group_id.clone()),
+            trace_header: self.trace_header.clone(),
         }
     }
 }
@@ -98,6 +101,7 @@ impl MemoryTaskQueue {
             id,
             body,
             group_id: message.user_id.clone(),
+            trace_header: crate::trace::current(),
             sent_at: Utc::now(),
             visible_at: Instant::now() + delay,
             receive_count: 0,
@@ -317,6 +321,7 @@ mod tests {
             task_id: TaskId::new(),
             priority: Priority::Normal,
             timeout_seconds: 60,
+            run_at: None,
         }
     }
 
