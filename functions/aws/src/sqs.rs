@@ -55,7 +55,9 @@ impl SqsTaskQueue {
             .receive_message()
             .queue_url(url)
             .max_number_of_messages(max.clamp(1, SQS_BATCH) as i32)
-            .wait_time_seconds(wait.as_secs().min(20) as i32)
+            // SQS long-polls in whole seconds: round a sub-second wait up, not down to a short
+            // poll (which returns at once and makes a poller spin on an empty queue).
+            .wait_time_seconds(wait.as_secs_f64().ceil().min(20.0) as i32)
             .set_visibility_timeout(visibility.map(|v| secs(v.min(MAX_VISIBILITY))))
             .message_system_attribute_names(MessageSystemAttributeName::All)
             .send()
