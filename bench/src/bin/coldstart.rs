@@ -52,7 +52,7 @@ OPTIONS:
 ";
 
 /// How long one step (init, one invocation) may take before the run is declared failed.
-const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 
 // ------------------------------------------------------------------ the Runtime API
 
@@ -357,6 +357,10 @@ struct Run {
     handler: Vec<Duration>,
     vm_hwm_kib: Option<u64>,
     vm_rss_kib: Option<u64>,
+    /// Set when an invocation got no answer within STEP_TIMEOUT after init succeeded: the run
+    /// stops there and is reported as a stall (seen with moto's development server, which now
+    /// and then leaves a request unanswered), not silently dropped.
+    stalled: Option<String>,
 }
 
 struct Harness {
@@ -417,12 +421,13 @@ impl Harness {
         let rss = status_kib(pid, "VmRSS:");
         let _ = child.kill();
         let _ = child.wait();
-        result.map(|(init, responses, handler)| Run {
+        result.map(|(init, responses, handler, stalled)| Run {
             init,
             responses,
             handler,
             vm_hwm_kib: hwm,
             vm_rss_kib: rss,
+            stalled,
         })
     }
 
@@ -433,7 +438,7 @@ impl Harness {
         expected: usize,
         child: &mut std::process::Child,
         log: &FsPath,
-    ) -> Result<(Duration, Vec<Duration>, Vec<Duration>), String> {
+    ) -> Result<(Duration, Vec<Duration>, Vec<Duration>, Option<String>), String> {
         let mut init = None;
         let mut responses = Vec::with_capacity(expected);
         let mut handler = Vec::with_capacity(expected);
@@ -450,7 +455,19 @@ impl Harness {
                         return Err(format!("{} exited ({status}); log:\n{}", kind.name(), tail(log)));
                     }
                     if quiet_since.elapsed() > STEP_TIMEOUT {
-                        return Err(format!("{}: nothing for {STEP_TIMEOUT:?}; log:\n{}", kind.name(), tail(log)));
+                        let served = self.api.served.lock().unwrap_or_else(|e| e.into_inner()).len();
+                        let message = format!(
+                            "{}: nothing for {STEP_TIMEOUT:?} ({served} events served, {} answered); log:\n{}",
+                            kind.name(),
+                            responses.len(),
+                            tail(log)
+                        );
+                        // A stall in init is a failure (init must not wait on anything); a
+                        // stall in an invocation is reported with what was measured before it.
+                        return match init {
+                            Some(init) if expected > 0 => Ok((init, responses, handler, Some(message))),
+                            _ => Err(message),
+                        };
                     }
                     continue;
                 }
@@ -487,7 +504,7 @@ impl Harness {
             }
         }
         let init = init.ok_or("no GET /next")?;
-        Ok((init, responses, handler))
+        Ok((init, responses, handler, None))
     }
 }
 
@@ -646,6 +663,7 @@ async fn main_inner() -> Result<(), String> {
     );
     let mut init: Vec<Vec<Duration>> = vec![Vec::new(); kinds.len()];
     let mut first: Vec<Vec<Duration>> = vec![Vec::new(); kinds.len()];
+    let mut stalls = vec![0usize; kinds.len()];
     for round in 0..args.rounds {
         let mut order: Vec<usize> = (0..kinds.len()).collect();
         fastrand::shuffle(&mut order);
@@ -653,7 +671,14 @@ async fn main_inner() -> Result<(), String> {
             let events = h.fixtures.events(kinds[i], 1, 1).await?;
             let run = h.run(kinds[i], events, true).await?;
             init[i].push(run.init);
-            first[i].push(run.responses[0]);
+            match (run.responses.first(), run.stalled) {
+                (Some(r), _) => first[i].push(*r),
+                (None, Some(why)) => {
+                    eprintln!("  stall (round {}): {why}", round + 1);
+                    stalls[i] += 1;
+                }
+                (None, None) => return Err(format!("{}: no response", kinds[i].name())),
+            }
         }
         if (round + 1) % 10 == 0 {
             eprintln!("  {} rounds done", round + 1);
@@ -662,12 +687,12 @@ async fn main_inner() -> Result<(), String> {
     let base_init = median(&init[0]);
     let base_first = median(&first[0]);
     println!();
-    println!("| function | binary (bytes) | init p50 (ms) | init p90 (ms) | init / hello | first response p50 (ms) | first response p90 (ms) | first / hello |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| function | binary (bytes) | init p50 (ms) | init p90 (ms) | init / hello | first response p50 (ms) | first response p90 (ms) | first / hello | stalled |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (i, k) in kinds.iter().enumerate() {
         let size = std::fs::metadata(h.binary(*k)).map(|m| m.len()).unwrap_or(0);
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:.2}x | {:.2} | {:.2} | {:.2}x |",
+            "| {} | {} | {:.2} | {:.2} | {:.2}x | {:.2} | {:.2} | {:.2}x | {} |",
             k.name(),
             size,
             ms(median(&init[i])),
@@ -676,6 +701,7 @@ async fn main_inner() -> Result<(), String> {
             ms(median(&first[i])),
             ms(percentile(&first[i], 0.9)),
             median(&first[i]).as_secs_f64() / base_first.as_secs_f64(),
+            stalls[i],
         );
     }
 
@@ -684,8 +710,8 @@ async fn main_inner() -> Result<(), String> {
         "peak RSS: one process per function serving {} invocations in a row (worker: 10-record SQS batches; stream: 10-record batches)",
         args.invocations
     );
-    println!("| function | VmHWM (MiB) | VmRSS after (MiB) | warm handler p50 (ms) | warm handler p99 (ms) |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| function | invocations answered | VmHWM (MiB) | VmRSS after (MiB) | warm handler p50 (ms) | warm handler p99 (ms) |");
+    println!("|---|---:|---:|---:|---:|---:|");
     for k in &kinds {
         let per_event = if matches!(k, Kind::Worker | Kind::Stream) {
             10
@@ -694,10 +720,14 @@ async fn main_inner() -> Result<(), String> {
         };
         let events = h.fixtures.events(*k, args.invocations, per_event).await?;
         let run = h.run(*k, events, true).await?;
+        if let Some(why) = &run.stalled {
+            eprintln!("  stall after {} invocations: {why}", run.responses.len());
+        }
         let warm = &run.handler[1.min(run.handler.len())..];
         println!(
-            "| {} | {:.1} | {:.1} | {:.2} | {:.2} |",
+            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2} |",
             k.name(),
+            run.responses.len(),
             run.vm_hwm_kib.unwrap_or(0) as f64 / 1024.0,
             run.vm_rss_kib.unwrap_or(0) as f64 / 1024.0,
             ms(median(warm)),
