@@ -75,7 +75,10 @@ impl AwsConfig {
     /// The SDK configuration from the environment (region, credentials, `AWS_ENDPOINT_URL`).
     /// No network I/O: credentials are resolved on first use.
     pub async fn sdk_config() -> aws_config::SdkConfig {
-        aws_config::defaults(BehaviorVersion::latest()).load().await
+        aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(sdk_timeouts())
+            .load()
+            .await
     }
 
     /// Builds both adapters over one SDK configuration.
@@ -108,4 +111,17 @@ impl AwsConfig {
             SqsTaskQueue::new(aws_sdk_sqs::Client::from_conf(sqs), self.queues.clone()),
         )
     }
+}
+
+/// Bounds on every AWS call. Without them an unanswered request holds an invocation until the
+/// Lambda timeout (29 s for the API, up to 15 minutes for a worker batch). DynamoDB and SQS
+/// answer in milliseconds; an attempt that takes 10 s is retried (the SDK's standard retries),
+/// and the whole call gives up after 25 s, inside the API's 29 s. SQS long polls raise their
+/// own attempt timeout by the wait (`sqs.rs`).
+pub fn sdk_timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .operation_attempt_timeout(std::time::Duration::from_secs(10))
+        .operation_timeout(std::time::Duration::from_secs(25))
+        .build()
 }

@@ -60,6 +60,17 @@ impl SqsTaskQueue {
             .wait_time_seconds(wait.as_secs_f64().ceil().min(20.0) as i32)
             .set_visibility_timeout(visibility.map(|v| secs(v.min(MAX_VISIBILITY))))
             .message_system_attribute_names(MessageSystemAttributeName::All)
+            // A long poll legitimately waits up to 20 s: bound the attempt by the wait plus the
+            // usual margin instead of the client's default (config.rs).
+            .customize()
+            .config_override(
+                aws_sdk_sqs::config::Builder::default().timeout_config(
+                    aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
+                        .operation_attempt_timeout(wait + Duration::from_secs(10))
+                        .operation_timeout(wait + Duration::from_secs(25))
+                        .build(),
+                ),
+            )
             .send()
             .await
             .map_err(queue_error)?;
