@@ -11,6 +11,38 @@ use crate::task::{Task, TaskId};
 
 /// Entries kept before expired ones are swept out (both adapters below stay bounded).
 const MAX_ENTRIES: usize = 100_000;
+/// A full map is swept at most this often: a map full of live entries must not cost a scan of
+/// 100,000 entries per call (taskq-local slowed 18x once it held 115k finished tasks).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// A map that drops expired entries when it is full, at most once per [`SWEEP_EVERY`].
+struct Swept<V> {
+    map: HashMap<String, V>,
+    next_sweep: Option<Instant>,
+}
+
+impl<V> Default for Swept<V> {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+            next_sweep: None,
+        }
+    }
+}
+
+impl<V> Swept<V> {
+    /// Whether one more entry fits, after sweeping out the dead ones if it is time to.
+    fn room(&mut self, now: Instant, live: impl Fn(&V) -> bool) -> bool {
+        if self.map.len() < MAX_ENTRIES {
+            return true;
+        }
+        if self.next_sweep.is_none_or(|t| now >= t) {
+            self.map.retain(|_, v| live(v));
+            self.next_sweep = Some(now + SWEEP_EVERY);
+        }
+        self.map.len() < MAX_ENTRIES
+    }
+}
 
 struct Entry {
     version: u32,
@@ -20,7 +52,7 @@ struct Entry {
 
 /// A [`StatusCache`] in a map with expiry, and change notifications over a broadcast channel.
 pub struct MemoryStatusCache {
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Mutex<Swept<Entry>>,
     changes: broadcast::Sender<String>,
     ttl: CacheTtl,
 }
@@ -28,13 +60,13 @@ pub struct MemoryStatusCache {
 impl MemoryStatusCache {
     pub fn new(ttl: CacheTtl) -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Swept::default()),
             changes: broadcast::channel(1024).0,
             ttl,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Swept<Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -50,6 +82,7 @@ impl StatusCache for MemoryStatusCache {
     async fn get(&self, user_id: &str, id: TaskId) -> Result<Option<Task>, CacheError> {
         let entries = self.lock();
         Ok(entries
+            .map
             .get(&cache::task_key(user_id, id))
             .filter(|e| e.expires > Instant::now())
             .and_then(|e| cache::decode(user_id, &e.raw)))
@@ -58,18 +91,20 @@ impl StatusCache for MemoryStatusCache {
     async fn put(&self, task: &Task) -> Result<(), CacheError> {
         let now = Instant::now();
         let mut entries = self.lock();
-        if entries.len() >= MAX_ENTRIES {
-            entries.retain(|_, e| e.expires > now);
-        }
         let key = cache::task_key(&task.user_id, task.id);
+        if !entries.map.contains_key(&key) && !entries.room(now, |e| e.expires > now) {
+            // Full of live entries: this task is not cached; its reads go to the store.
+            return Ok(());
+        }
         let version = cache::version(task);
         if entries
+            .map
             .get(&key)
             .is_some_and(|e| e.expires > now && e.version > version)
         {
             return Ok(());
         }
-        entries.insert(
+        entries.map.insert(
             key,
             Entry {
                 version,
@@ -125,14 +160,14 @@ impl ChangeWatch for MemoryWatch {
 /// A [`RateLimiter`] for one process: the same GCRA as the Redis script.
 pub struct MemoryRateLimiter {
     epoch: Instant,
-    tats: Mutex<HashMap<String, u64>>,
+    tats: Mutex<Swept<u64>>,
 }
 
 impl Default for MemoryRateLimiter {
     fn default() -> Self {
         Self {
             epoch: Instant::now(),
-            tats: Mutex::new(HashMap::new()),
+            tats: Mutex::new(Swept::default()),
         }
     }
 }
@@ -148,14 +183,49 @@ impl RateLimiter for MemoryRateLimiter {
     async fn acquire(&self, key: &str, quota: Quota) -> Result<RateDecision, CacheError> {
         let now = self.epoch.elapsed().as_micros() as u64;
         let mut tats = self.tats.lock().unwrap_or_else(|p| p.into_inner());
-        if tats.len() >= MAX_ENTRIES {
-            // A TAT in the past is the same as no entry.
-            tats.retain(|_, tat| *tat > now);
+        if !tats.map.contains_key(key) {
+            // A TAT in the past is the same as no entry. Still full: the new key is tracked
+            // anyway (limits must hold); TATs expire within a burst, so sweeps keep it bounded.
+            tats.room(Instant::now(), |tat| *tat > now);
         }
-        let (decision, new_tat) = gcra(tats.get(key).copied(), now, quota);
+        let (decision, new_tat) = gcra(tats.map.get(key).copied(), now, quota);
         if let Some(t) = new_tat {
-            tats.insert(key.to_owned(), t);
+            tats.map.insert(key.to_owned(), t);
         }
         Ok(decision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{MemoryTaskQueue, MemoryTaskStore};
+    use crate::{NewTask, TaskService};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_cache_full_of_live_entries_stays_bounded_and_keeps_serving() {
+        let service = TaskService::new(Arc::new(MemoryTaskStore::new()), Arc::new(MemoryTaskQueue::default()));
+        let new = NewTask::from_json(&serde_json::json!({"type": "echo"}), "").unwrap();
+        let mut task = service.submit("u", &new, None).await.unwrap().task;
+        let cache = MemoryStatusCache::default();
+        let first = task.id;
+        cache.put(&task).await.unwrap();
+        for _ in 1..MAX_ENTRIES {
+            task.id = TaskId::new();
+            cache.put(&task).await.unwrap();
+        }
+        assert_eq!(cache.lock().map.len(), MAX_ENTRIES);
+        // Full of live entries: new keys are not cached (one sweep, then none for a second)...
+        let mut extra = task.clone();
+        for _ in 0..1_000 {
+            extra.id = TaskId::new();
+            cache.put(&extra).await.unwrap();
+        }
+        assert_eq!(cache.lock().map.len(), MAX_ENTRIES);
+        assert!(cache.get("u", extra.id).await.unwrap().is_none());
+        assert!(cache.lock().next_sweep.is_some());
+        // ...while the cached ones are still served.
+        assert_eq!(cache.get("u", first).await.unwrap().map(|t| t.id), Some(first));
     }
 }
