@@ -264,7 +264,7 @@ impl TaskStore for DynamoDbTaskStore {
             .table_name(&self.table)
             .set_key(Some(Self::key(user_id, item::task_sk(id))))
             .update_expression("SET #events = list_append(#events, :event)")
-            .condition_expression("size(#events) = :expect_seq")
+            .condition_expression("attribute_exists(pk) AND size(#events) = :expect_seq")
             .expression_attribute_names("#events", "events")
             .expression_attribute_values(":event", AttributeValue::L(vec![value]))
             .expression_attribute_values(":expect_seq", AttributeValue::N(expect_seq.to_string()))
