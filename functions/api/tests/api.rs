@@ -214,10 +214,16 @@ async fn loopback_callbacks_are_accepted_only_when_the_deployment_allows_them() 
             },
         )
     });
-    for url in ["http://127.0.0.1:8081/hook", "http://localhost:3000/", "https://[::1]/x"] {
+    for url in [
+        "http://127.0.0.1:8081/hook",
+        "http://localhost:3000/",
+        "https://[::1]/x",
+    ] {
         let r = local.submit("a", json!({"type": "echo", "callback_url": url})).await;
         assert_eq!(r.status, StatusCode::ACCEPTED, "{url}: {}", r.body);
-        let strict = TestApp::new().submit("a", json!({"type": "echo", "callback_url": url})).await;
+        let strict = TestApp::new()
+            .submit("a", json!({"type": "echo", "callback_url": url}))
+            .await;
         assert_problem(&strict, 400, Some("callback_url"));
     }
     // Private ranges and plain http elsewhere stay refused.

@@ -33,7 +33,8 @@ pub fn validate_callback_url(text: &str, rules: CallbackRules) -> Result<String,
         return Err("must not contain spaces or control characters".into());
     }
     let https = text.starts_with("https://");
-    if !https && !(rules.allow_loopback && text.starts_with("http://")) {
+    let local_http = rules.allow_loopback && text.starts_with("http://");
+    if !(https || local_http) {
         return Err("must be an https:// URL".into());
     }
     let url = Url::parse(text).map_err(|e| format!("is not a valid URL ({e})"))?;
@@ -57,7 +58,9 @@ pub fn validate_callback_url(text: &str, rules: CallbackRules) -> Result<String,
     }
     let normalised = String::from(url);
     if normalised.chars().count() > MAX_CALLBACK_URL_CHARS {
-        return Err(format!("is longer than {MAX_CALLBACK_URL_CHARS} characters once normalised"));
+        return Err(format!(
+            "is longer than {MAX_CALLBACK_URL_CHARS} characters once normalised"
+        ));
     }
     Ok(normalised)
 }
@@ -203,7 +206,13 @@ mod tests {
 
     #[test]
     fn address_classes() {
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
         for ip in [

@@ -349,7 +349,8 @@ mod tests {
         let local = SubmitRules {
             callback: CallbackRules { allow_loopback: true },
         };
-        let t = NewTask::from_json_with(&json!({"type": "x", "callback_url": "http://127.0.0.1:7/h"}), "", local).unwrap();
+        let t =
+            NewTask::from_json_with(&json!({"type": "x", "callback_url": "http://127.0.0.1:7/h"}), "", local).unwrap();
         assert_eq!(t.callback_url.as_deref(), Some("http://127.0.0.1:7/h"));
     }
 

@@ -131,7 +131,11 @@ async fn serve(mut args: Args) -> Result<(), String> {
     options.callback.allow_loopback = match std::env::var("TASKQ_CALLBACK_ALLOW_LOOPBACK_HTTP").as_deref() {
         Ok("true") => true,
         Ok("false") | Ok("") | Err(_) => false,
-        Ok(other) => return Err(format!("TASKQ_CALLBACK_ALLOW_LOOPBACK_HTTP must be true or false, not {other:?}")),
+        Ok(other) => {
+            return Err(format!(
+                "TASKQ_CALLBACK_ALLOW_LOOPBACK_HTTP must be true or false, not {other:?}"
+            ))
+        }
     };
     let webhook_secret = std::env::var("TASKQ_WEBHOOK_SECRET").ok().filter(|s| !s.is_empty());
     let webhook_secret_is_dev = webhook_secret.is_none();

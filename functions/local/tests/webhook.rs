@@ -148,15 +148,16 @@ async fn a_finished_task_is_posted_signed_once_and_recorded(server: LocalServer)
     let outcome = list.last().unwrap();
     assert_eq!(outcome["attempt"], 2);
     assert_eq!(outcome["seq"], 4);
-    assert_eq!(
-        outcome["detail"],
-        format!("delivery {id}-3: HTTP 204").as_str()
-    );
+    assert_eq!(outcome["detail"], format!("delivery {id}-3: HTTP 204").as_str());
 
     // Let any (wrong) second delivery arrive before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 2, "one 503, one retry; nothing after the outcome was recorded");
+    assert_eq!(
+        seen.len(),
+        2,
+        "one 503, one retry; nothing after the outcome was recorded"
+    );
     let task: Value = http
         .get(format!("{base}/v1/tasks/{id}"))
         .bearer_auth(&token)

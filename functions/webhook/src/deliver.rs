@@ -228,9 +228,8 @@ impl Deliverer {
             }
             Err(e) => {
                 let text = chain(&e);
-                if forbidden(&e) {
-                    Attempt::Permanent(text)
-                } else if e.is_builder() {
+                // A refused address or an unusable URL will not get better with retries.
+                if forbidden(&e) || e.is_builder() {
                     Attempt::Permanent(text)
                 } else {
                     Attempt::Retry(text)

@@ -184,10 +184,7 @@ impl Webhooks {
                 Err(e) => return Err(WebhookError::Record(outcome, e)),
             }
         }
-        Err(WebhookError::Record(
-            outcome,
-            StoreError::Conflict { current: None },
-        ))
+        Err(WebhookError::Record(outcome, StoreError::Conflict { current: None }))
     }
 }
 

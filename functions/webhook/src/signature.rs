@@ -53,13 +53,7 @@ pub fn header(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
 }
 
 /// Checks a `Taskq-Signature` header against the raw body, at `now` (unix seconds).
-pub fn verify(
-    secret: &[u8],
-    header: &str,
-    body: &[u8],
-    now: i64,
-    tolerance: Duration,
-) -> Result<(), SignatureError> {
+pub fn verify(secret: &[u8], header: &str, body: &[u8], now: i64, tolerance: Duration) -> Result<(), SignatureError> {
     let mut timestamp = None;
     let mut candidates = Vec::new();
     for part in header.split(',') {
@@ -110,7 +104,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -134,10 +128,7 @@ mod tests {
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
         // And the signed text is exactly "<t>.<body>".
-        assert_eq!(
-            sign(b"Jefe", 1, b"x"),
-            hex(hmac::sign(&key(b"Jefe"), b"1.x").as_ref())
-        );
+        assert_eq!(sign(b"Jefe", 1, b"x"), hex(hmac::sign(&key(b"Jefe"), b"1.x").as_ref()));
     }
 
     #[test]
@@ -178,9 +169,20 @@ mod tests {
         let good = sign(SECRET, 5, body);
         let rotated = format!("t=5,v1={},v1={good},v0=ignored", "ab".repeat(32));
         assert_eq!(verify(SECRET, &rotated, body, 5, DEFAULT_TOLERANCE), Ok(()));
-        for bad in ["", "t=5", &format!("v1={good}"), "t=x,v1=00", "t=5,v1=zz", "t=5,t=5,v1=00", "garbage"] {
+        for bad in [
+            "",
+            "t=5",
+            &format!("v1={good}"),
+            "t=x,v1=00",
+            "t=5,v1=zz",
+            "t=5,t=5,v1=00",
+            "garbage",
+        ] {
             assert!(
-                matches!(verify(SECRET, bad, body, 5, DEFAULT_TOLERANCE), Err(SignatureError::Malformed(_))),
+                matches!(
+                    verify(SECRET, bad, body, 5, DEFAULT_TOLERANCE),
+                    Err(SignatureError::Malformed(_))
+                ),
                 "{bad:?}"
             );
         }

@@ -226,7 +226,14 @@ async fn a_4xx_is_permanent_and_exhausted_retries_fail_both_recorded() {
         "{done:?}"
     );
     assert_eq!(receiver.received().len(), 1, "no retry after a 404");
-    let last = store.get("alice", task.id).await.unwrap().unwrap().history.pop().unwrap();
+    let last = store
+        .get("alice", task.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .history
+        .pop()
+        .unwrap();
     assert_eq!(last.kind, EventKind::WebhookFailed);
     assert!(last.detail.unwrap().ends_with("refused: HTTP 404"));
 
@@ -238,11 +245,25 @@ async fn a_4xx_is_permanent_and_exhausted_retries_fail_both_recorded() {
         .await
         .unwrap();
     assert!(
-        matches!(&done, Processed::Done(Outcome::Failed { attempts: 3, permanent: false, .. })),
+        matches!(
+            &done,
+            Processed::Done(Outcome::Failed {
+                attempts: 3,
+                permanent: false,
+                ..
+            })
+        ),
         "{done:?}"
     );
     assert_eq!(receiver.received().len(), 3);
-    let last = store.get("alice", task.id).await.unwrap().unwrap().history.pop().unwrap();
+    let last = store
+        .get("alice", task.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .history
+        .pop()
+        .unwrap();
     assert_eq!((last.kind, last.attempt), (EventKind::WebhookFailed, Some(3)));
     assert!(last.detail.unwrap().ends_with("gave up: HTTP 503"));
 }
@@ -321,7 +342,10 @@ async fn only_public_addresses_are_reached_in_production_mode() {
     // the resolver), as if either had been stored: nothing reaches the receiver, no retries.
     for (callback, reason) in [
         (url.replace("http://", "https://"), "not a public address"),
-        (format!("https://localhost:{port}/hook"), "resolves to no public address"),
+        (
+            format!("https://localhost:{port}/hook"),
+            "resolves to no public address",
+        ),
     ] {
         let task = ended(&store, &callback, true).await;
         let done = hooks.process(&task).await.unwrap();
@@ -331,7 +355,14 @@ async fn only_public_addresses_are_reached_in_production_mode() {
             }) => assert!(error.contains(reason), "{callback}: {error}"),
             other => panic!("{callback}: {other:?}"),
         }
-        let last = store.get("alice", task.id).await.unwrap().unwrap().history.pop().unwrap();
+        let last = store
+            .get("alice", task.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .history
+            .pop()
+            .unwrap();
         assert_eq!(last.kind, EventKind::WebhookFailed);
     }
     assert!(receiver.received().is_empty());
@@ -377,7 +408,8 @@ async fn the_stream_handler_delivers_each_terminal_version_once() {
 
     // The record the delivery's history write made, and the whole batch again: nothing sent.
     let after = store.get("alice", task.id).await.unwrap().unwrap();
-    let again: Event = serde_json::from_value(json!({"Records": [record("MODIFY", &task, 2), record("MODIFY", &after, 3)]})).unwrap();
+    let again: Event =
+        serde_json::from_value(json!({"Records": [record("MODIFY", &task, 2), record("MODIFY", &after, 3)]})).unwrap();
     assert!(handle(&again, &hooks).await.batch_item_failures.is_empty());
     assert_eq!(receiver.received().len(), 1);
     assert_eq!(
@@ -411,5 +443,20 @@ async fn a_store_failure_reports_the_record_for_retry() {
         serde_json::to_value(&response).unwrap(),
         json!({"batchItemFailures": [{"itemIdentifier": "77"}]})
     );
-    assert!(receiver.received().is_empty(), "nothing is sent before the task could be read");
+    assert!(
+        receiver.received().is_empty(),
+        "nothing is sent before the task could be read"
+    );
+}
+
+#[test]
+fn the_sample_event_holds_a_task_to_deliver() {
+    // events/webhook-stream.json: for `cargo lambda invoke taskq-webhook --data-file ...`.
+    let event: Event = serde_json::from_str(include_str!("../../../events/webhook-stream.json")).unwrap();
+    let task = taskq_webhook::task_of(&event.records[0]).unwrap().expect("a task");
+    assert!(taskq_webhook::should_deliver(&task));
+    let delivery = taskq_webhook::delivery_for(&task).unwrap();
+    assert_eq!(delivery.event, "task.succeeded");
+    assert_eq!(delivery.id, "01JD3QX6Z8K2V7M4N5P6R7S8T9-3");
+    assert_eq!(delivery.url, "https://hooks.example.com/taskq");
 }
