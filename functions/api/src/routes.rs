@@ -114,7 +114,7 @@ async fn submit(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let value = body::json(&headers, body, MAX_SUBMIT_BODY_BYTES).await?;
-    let new = NewTask::from_json(&value, "")?;
+    let new = NewTask::from_json_with(&value, "", state.submit_rules)?;
     allowed_priority(&state, &caller, &new, "")?;
     let submitted = state.service.submit(&caller.user_id, &new, key.as_deref()).await?;
     observe::record("task_id", &submitted.task.id);
@@ -160,7 +160,7 @@ async fn submit_batch(
                 }
                 Some(_) => return Err(FieldError::new(format!("{prefix}idempotency_key"), "must be a string")),
             };
-            NewTask::from_json(&item, &prefix).map(|t| (t, key))
+            NewTask::from_json_with(&item, &prefix, state.submit_rules).map(|t| (t, key))
         })
         .collect::<Vec<_>>();
     // Items above the caller's priority get a 403 problem of their own; the rest are submitted.

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use taskq_core::cache::{CacheDescriber, RateLimiter};
 use taskq_core::memory::MemoryRateLimiter;
 use taskq_core::rate::RolePolicy;
-use taskq_core::TaskService;
+use taskq_core::{SubmitRules, TaskService};
 
 use crate::auth::Authenticator;
 
@@ -16,6 +16,8 @@ pub struct AppState {
     pub limiter: Arc<dyn RateLimiter>,
     /// Describes the cache deployment for `GET /v1/admin/cache` (none: the route says so).
     pub cache_info: Option<Arc<dyn CacheDescriber>>,
+    /// What submissions may contain beyond the defaults (loopback callbacks, for local use).
+    pub submit_rules: SubmitRules,
 }
 
 impl AppState {
@@ -27,12 +29,18 @@ impl AppState {
             policy: Arc::new(RolePolicy::default()),
             limiter: Arc::new(MemoryRateLimiter::new()),
             cache_info: None,
+            submit_rules: SubmitRules::default(),
         }
     }
 
     pub fn with_limits(mut self, policy: RolePolicy, limiter: Arc<dyn RateLimiter>) -> Self {
         self.policy = Arc::new(policy);
         self.limiter = limiter;
+        self
+    }
+
+    pub fn with_submit_rules(mut self, rules: SubmitRules) -> Self {
+        self.submit_rules = rules;
         self
     }
 

@@ -157,6 +157,83 @@ async fn submit_rejects_bad_input_with_a_problem_naming_the_field() {
 }
 
 #[tokio::test]
+async fn callback_url_is_https_only_and_never_a_private_address() {
+    let app = TestApp::new();
+    let ok = app
+        .submit(
+            "a",
+            json!({"type": "echo", "callback_url": "https://Hooks.Example.com/taskq?k=v"}),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::ACCEPTED, "{}", ok.body);
+    assert_eq!(ok.body["callback_url"], "https://hooks.example.com/taskq?k=v");
+    let id = ok.body["id"].as_str().unwrap();
+    let got = app.get("a", &format!("/v1/tasks/{id}")).await;
+    assert_eq!(got.body["callback_url"], "https://hooks.example.com/taskq?k=v");
+    let none = app.submit("a", json!({"type": "echo", "callback_url": null})).await;
+    assert_eq!(none.status, StatusCode::ACCEPTED);
+    assert!(none.body.get("callback_url").is_none());
+
+    let long = format!("https://example.com/{}", "a".repeat(2048));
+    for bad in [
+        json!("http://example.com/hook"),
+        json!("not a url"),
+        json!("https://"),
+        json!("https://user:secret@example.com/"),
+        json!("https://127.0.0.1:9001/2018-06-01/runtime/invocation/next"),
+        json!("http://127.0.0.1:9001/"),
+        json!("https://localhost/"),
+        json!("https://169.254.169.254/latest/meta-data/"),
+        json!("https://[fd00::1]/"),
+        json!(long),
+        json!(42),
+    ] {
+        let r = app.submit("a", json!({"type": "echo", "callback_url": bad})).await;
+        assert_problem(&r, 400, Some("callback_url"));
+    }
+    // Batch items name their own field.
+    let batch = app
+        .send(app.request(
+            Method::POST,
+            "/v1/tasks/batch",
+            Some("a"),
+            Some(json!({"tasks": [{"type": "echo", "callback_url": "http://example.com/"}, {"type": "echo"}]})),
+        ))
+        .await;
+    assert_eq!(batch.status, StatusCode::ACCEPTED);
+    assert_eq!(batch.body["results"][0]["error"]["field"], "tasks[0].callback_url");
+    assert!(batch.body["results"][1]["task"].is_object());
+}
+
+#[tokio::test]
+async fn loopback_callbacks_are_accepted_only_when_the_deployment_allows_them() {
+    let local = TestApp::with_state(|service| {
+        AppState::new(service, Authenticator::new(Some(SECRET), None, None)).with_submit_rules(
+            taskq_core::SubmitRules {
+                callback: taskq_core::callback::CallbackRules { allow_loopback: true },
+            },
+        )
+    });
+    for url in [
+        "http://127.0.0.1:8081/hook",
+        "http://localhost:3000/",
+        "https://[::1]/x",
+    ] {
+        let r = local.submit("a", json!({"type": "echo", "callback_url": url})).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{url}: {}", r.body);
+        let strict = TestApp::new()
+            .submit("a", json!({"type": "echo", "callback_url": url}))
+            .await;
+        assert_problem(&strict, 400, Some("callback_url"));
+    }
+    // Private ranges and plain http elsewhere stay refused.
+    for url in ["http://example.com/", "http://10.0.0.8/", "https://192.168.1.1/"] {
+        let r = local.submit("a", json!({"type": "echo", "callback_url": url})).await;
+        assert_problem(&r, 400, Some("callback_url"));
+    }
+}
+
+#[tokio::test]
 async fn submit_returns_413_when_payload_or_body_is_too_large() {
     let app = TestApp::new();
     let payload = "x".repeat(256 * 1024);

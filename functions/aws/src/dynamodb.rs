@@ -12,8 +12,8 @@ use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
 use taskq_core::transition::Field;
 use taskq_core::{
-    active_shard, ActivePage, ActiveQuery, Created, IdempotencyClaim, ListQuery, StateChange, StoreError, Task, TaskId,
-    TaskPage, TaskStore,
+    active_shard, ActivePage, ActiveQuery, Created, IdempotencyClaim, ListQuery, StateChange, StoreError, Task,
+    TaskEvent, TaskId, TaskPage, TaskStore,
 };
 use tracing::instrument;
 
@@ -253,6 +253,38 @@ impl TaskStore for DynamoDbTaskStore {
         Ok(ActivePage { tasks, next })
     }
 
+    #[instrument(skip_all, fields(task_id = %id, kind = ?event.kind), err(Debug))]
+    async fn record(&self, user_id: &str, id: TaskId, expect_seq: u32, event: &TaskEvent) -> Result<Task, StoreError> {
+        let value = item::event_value(event).map_err(|e| StoreError::Unavailable(e.into()))?;
+        // The history's length is its last seq: the condition makes racing appends take turns.
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(user_id, item::task_sk(id))))
+            .update_expression("SET #events = list_append(#events, :event)")
+            .condition_expression("attribute_exists(pk) AND size(#events) = :expect_seq")
+            .expression_attribute_names("#events", "events")
+            .expression_attribute_values(":event", AttributeValue::L(vec![value]))
+            .expression_attribute_values(":expect_seq", AttributeValue::N(expect_seq.to_string()))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let item = out
+                    .attributes
+                    .ok_or_else(|| StoreError::Unavailable("UpdateItem returned no attributes".into()))?;
+                item::from_item(item).map_err(|e| StoreError::Unavailable(e.into()))
+            }
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Err(conflict(e.into_err()))
+            }
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
     #[instrument(skip_all, fields(task_id = %id, to = %change.status), err(Debug))]
     async fn apply(&self, user_id: &str, id: TaskId, change: &StateChange) -> Result<Task, StoreError> {
         let u = Update::from_change(user_id, id, change).map_err(|e| StoreError::Unavailable(e.into()))?;
@@ -277,22 +309,24 @@ impl TaskStore for DynamoDbTaskStore {
                 item::from_item(item).map_err(|e| StoreError::Unavailable(e.into()))
             }
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                let current = match e.into_err() {
-                    aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => {
-                        c.item
-                    }
-                    _ => None,
-                };
-                let current = current
-                    .map(item::from_item)
-                    .transpose()
-                    .map_err(|e| StoreError::Unavailable(e.into()))?;
-                Err(StoreError::Conflict {
-                    current: current.map(Box::new),
-                })
+                Err(conflict(e.into_err()))
             }
             Err(e) => Err(store_error(e)),
         }
+    }
+}
+
+/// A failed condition: the item as it is now comes with the error (no extra read), if it exists.
+fn conflict(e: aws_sdk_dynamodb::operation::update_item::UpdateItemError) -> StoreError {
+    let current = match e {
+        aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => c.item,
+        _ => None,
+    };
+    match current.map(item::from_item).transpose() {
+        Ok(current) => StoreError::Conflict {
+            current: current.map(Box::new),
+        },
+        Err(e) => StoreError::Unavailable(e.into()),
     }
 }
 

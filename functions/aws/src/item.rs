@@ -89,6 +89,8 @@ struct TaskItem {
     lease_until: Option<DateTime<Utc>>,
     #[serde(default)]
     cancel_requested: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    callback_url: Option<String>,
     #[serde(default)]
     events: Vec<StoredEvent>,
 }
@@ -165,6 +167,7 @@ pub fn to_item(task: &Task) -> Result<Item, ItemError> {
         run_at: task.run_at,
         lease_until: task.lease_until,
         cancel_requested: task.cancel_requested,
+        callback_url: task.callback_url.clone(),
         events: task.history.iter().map(StoredEvent::from).collect(),
     };
     Ok(serde_dynamo::to_item(item)?)
@@ -225,6 +228,7 @@ pub fn from_item(item: Item) -> Result<Task, ItemError> {
         run_at: it.run_at,
         lease_until: it.lease_until,
         cancel_requested: it.cancel_requested,
+        callback_url: it.callback_url,
         history: it
             .events
             .into_iter()
@@ -283,6 +287,7 @@ mod tests {
             run_at: None,
             lease_until: Some(now),
             cancel_requested: true,
+            callback_url: Some("https://hooks.example.com/taskq?x=1".into()),
             history: vec![
                 TaskEvent {
                     seq: 1,

@@ -58,6 +58,7 @@ contract!(
     apply_moves_only_from_the_expected_state_and_returns_the_current_task,
     apply_to_a_missing_task_is_a_conflict_without_current,
     history_is_appended_in_order_with_increasing_seq,
+    record_appends_a_note_to_a_terminal_task_at_the_expected_seq_only,
     list_pages_newest_first_with_filters,
     idempotency_keys_replay_or_report_a_different_request,
     queue_sends_receives_and_deletes,
@@ -214,6 +215,60 @@ async fn history_is_appended_in_order_with_increasing_seq(b: Backends) {
     assert_eq!(t.history[3].attempt, Some(2));
     assert_eq!((t.status, t.attempts, t.cancel_requested), (Status::Cancelled, 2, true));
     assert_eq!(b.store.get("alice", t.id).await.unwrap().unwrap().history, t.history);
+}
+
+async fn record_appends_a_note_to_a_terminal_task_at_the_expected_seq_only(b: Backends) {
+    let new = NewTask::from_json(
+        &json!({"type": "echo", "callback_url": "https://hooks.example.com/t?x=1"}),
+        "",
+    )
+    .unwrap();
+    let service = TaskService::new(b.store.clone(), b.queue.clone());
+    let mut t = service.submit("alice", &new, None).await.unwrap().task;
+    assert_eq!(t.callback_url.as_deref(), Some("https://hooks.example.com/t?x=1"));
+    for step in [
+        Transition::Start {
+            lease_until: Utc::now(),
+        },
+        Transition::Succeed { result: json!(1) },
+    ] {
+        let change = step.plan(Snapshot::from(&t), Utc::now()).unwrap();
+        t = b.store.apply("alice", t.id, &change).await.unwrap();
+    }
+    let note = |detail: &str| taskq_core::TaskEvent {
+        seq: 0,
+        at: Utc::now(),
+        kind: EventKind::WebhookDelivered,
+        from: None,
+        to: None,
+        attempt: Some(2),
+        detail: Some(detail.into()),
+    };
+    let after = b.store.record("alice", t.id, 3, &note("first")).await.unwrap();
+    assert_eq!(after.history.len(), 4);
+    assert_eq!(after.history[3].seq, 4);
+    assert_eq!(after.history[3].kind, EventKind::WebhookDelivered);
+    assert_eq!(after.history[3].attempt, Some(2));
+    // Nothing else moved: a terminal task stays as it was.
+    let mut unchanged = after.clone();
+    unchanged.history.truncate(3);
+    assert_eq!(unchanged, t);
+    // A racing append that expected the same place loses and sees the task as it is now.
+    match b.store.record("alice", t.id, 3, &note("second")).await {
+        Err(StoreError::Conflict { current: Some(now) }) => assert_eq!(now.history.len(), 4),
+        other => panic!("expected a conflict with the current task, got {other:?}"),
+    }
+    let again = b.store.record("alice", t.id, 4, &note("second")).await.unwrap();
+    assert_eq!(again.history[4].detail.as_deref(), Some("second"));
+    assert_eq!(b.store.get("alice", t.id).await.unwrap().unwrap(), again);
+    // No such task (or another user's): a conflict without a current task.
+    let missing = b.store.record("bob", t.id, 5, &note("x")).await;
+    assert!(
+        matches!(missing, Err(StoreError::Conflict { current: None })),
+        "{missing:?}"
+    );
+    // And it created nothing.
+    assert!(b.store.get("bob", t.id).await.unwrap().is_none());
 }
 
 async fn list_pages_newest_first_with_filters(b: Backends) {

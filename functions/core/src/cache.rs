@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use crate::ports::{ActivePage, ActiveQuery, Created, IdempotencyClaim, ListQuery, StoreError, TaskPage, TaskStore};
 use crate::rate::{Quota, RateDecision};
-use crate::task::{Status, Task, TaskId};
+use crate::task::{Status, Task, TaskEvent, TaskId};
 use crate::transition::StateChange;
 
 type Cause = Box<dyn std::error::Error + Send + Sync>;
@@ -240,6 +240,8 @@ pub struct RefreshingStore {
     cache: CacheLayer,
     /// Store reads, for the cache's accounting (`reads()`).
     reads: AtomicU64,
+    /// Every task as written, for the local stand-ins of the other stream consumers (webhooks).
+    changes: Option<tokio::sync::mpsc::UnboundedSender<Task>>,
 }
 
 impl RefreshingStore {
@@ -248,6 +250,21 @@ impl RefreshingStore {
             inner,
             cache,
             reads: AtomicU64::new(0),
+            changes: None,
+        }
+    }
+
+    /// Also sends every task it writes (the new version, like a stream's NEW_IMAGE) to `feed`.
+    pub fn with_changes(mut self, feed: tokio::sync::mpsc::UnboundedSender<Task>) -> Self {
+        self.changes = Some(feed);
+        self
+    }
+
+    async fn changed(&self, task: &Task) {
+        self.cache.refresh(task).await;
+        if let Some(feed) = &self.changes {
+            // A closed feed (its reader stopped) only means nobody listens any more.
+            let _ = feed.send(task.clone());
         }
     }
 
@@ -262,7 +279,7 @@ impl TaskStore for RefreshingStore {
     async fn create(&self, task: &Task, claim: Option<&IdempotencyClaim>) -> Result<Created, StoreError> {
         let created = self.inner.create(task, claim).await?;
         if let Created::New(t) = &created {
-            self.cache.refresh(t).await;
+            self.changed(t).await;
         }
         Ok(created)
     }
@@ -278,12 +295,18 @@ impl TaskStore for RefreshingStore {
 
     async fn apply(&self, user_id: &str, id: TaskId, change: &StateChange) -> Result<Task, StoreError> {
         let after = self.inner.apply(user_id, id, change).await?;
-        self.cache.refresh(&after).await;
+        self.changed(&after).await;
         Ok(after)
     }
 
     async fn active(&self, query: &ActiveQuery) -> Result<ActivePage, StoreError> {
         self.inner.active(query).await
+    }
+
+    async fn record(&self, user_id: &str, id: TaskId, expect_seq: u32, event: &TaskEvent) -> Result<Task, StoreError> {
+        let after = self.inner.record(user_id, id, expect_seq, event).await?;
+        self.changed(&after).await;
+        Ok(after)
     }
 }
 

@@ -13,7 +13,7 @@ use crate::ports::{
     ActivePage, ActiveQuery, Created, Delivery, IdempotencyClaim, ListQuery, QueueError, QueueStats, RedrivePath,
     StoreError, TaskMessage, TaskPage, TaskQueue, TaskStore,
 };
-use crate::task::{Priority, Status, Task, TaskId};
+use crate::task::{Priority, Status, Task, TaskEvent, TaskId};
 use crate::transition::StateChange;
 
 /// Probabilities (0.0-1.0) of each fault per call, and the longest injected send delay.
@@ -146,6 +146,12 @@ impl TaskStore for FaultyStore {
     async fn active(&self, query: &ActiveQuery) -> Result<ActivePage, StoreError> {
         self.throttle()?;
         self.inner.active(query).await
+    }
+
+    async fn record(&self, user_id: &str, id: TaskId, expect_seq: u32, event: &TaskEvent) -> Result<Task, StoreError> {
+        self.throttle()?;
+        let r = self.inner.record(user_id, id, expect_seq, event).await;
+        self.lost_response(r)
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod callback;
 pub mod faults;
 pub mod limits;
 pub mod memory;
@@ -23,7 +24,7 @@ pub use ports::{
     RedrivePath, StoreError, TaskMessage, TaskPage, TaskQueue, TaskStore,
 };
 pub use service::{ServiceError, Submitted, TaskService};
-pub use submit::{FieldError, NewTask};
+pub use submit::{FieldError, NewTask, SubmitRules};
 pub use task::{
     active_shard, EventKind, Priority, Status, Task, TaskEvent, TaskFailure, TaskId, TaskType, ACTIVE_SHARDS,
 };

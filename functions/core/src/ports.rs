@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::task::{Priority, Status, Task, TaskId};
+use crate::task::{Priority, Status, Task, TaskEvent, TaskId};
 use crate::transition::StateChange;
 
 type Cause = Box<dyn std::error::Error + Send + Sync>;
@@ -155,6 +155,13 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// Unfinished (queued or running) tasks, from a sparse index that terminal tasks leave.
     async fn active(&self, query: &ActiveQuery) -> Result<ActivePage, StoreError>;
+
+    /// Appends `event` (a note such as a webhook outcome, not a state change: status and the
+    /// other fields stay as they are, so a terminal task stays terminal) to a task's history,
+    /// if its last event is number `expect_seq`: two racing appends never take one place.
+    /// Returns the task after it. A task in another state is `Conflict { current: Some(..) }`,
+    /// a missing one `Conflict { current: None }`. The event's own `seq` is ignored (position).
+    async fn record(&self, user_id: &str, id: TaskId, expect_seq: u32, event: &TaskEvent) -> Result<Task, StoreError>;
 }
 
 /// What a queue message carries: keys only. The payload stays in the store.

@@ -122,6 +122,7 @@ impl TaskService {
             finished_at: None,
             run_at,
             cancel_requested: false,
+            callback_url: new.callback_url.clone(),
             lease_until: None,
             history: vec![TaskEvent {
                 seq: 1,

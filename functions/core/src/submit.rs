@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+use crate::callback::{validate_callback_url, CallbackRules};
 use crate::limits::*;
 use crate::task::{Priority, TaskType};
 
@@ -18,6 +19,14 @@ pub struct NewTask {
     pub run_at: Option<DateTime<Utc>>,
     pub max_attempts: u32,
     pub timeout_seconds: u32,
+    /// Where to POST the task when it ends (validated and normalised; see [`crate::callback`]).
+    pub callback_url: Option<String>,
+}
+
+/// What a submission may contain beyond the contract's defaults (set per deployment).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubmitRules {
+    pub callback: CallbackRules,
 }
 
 /// A field that failed validation. `too_large` marks size limits (HTTP 413, not 400).
@@ -47,11 +56,18 @@ const FIELDS: &[&str] = &[
     "run_at",
     "max_attempts",
     "timeout_seconds",
+    "callback_url",
 ];
 
 impl NewTask {
-    /// Validates one task object. `prefix` is put before field names (`tasks[3].`) in errors.
+    /// Validates one task object with the default (production) rules. `prefix` is put before
+    /// field names (`tasks[3].`) in errors.
     pub fn from_json(value: &Value, prefix: &str) -> Result<Self, FieldError> {
+        Self::from_json_with(value, prefix, SubmitRules::default())
+    }
+
+    /// [`from_json`](Self::from_json) under the given rules.
+    pub fn from_json_with(value: &Value, prefix: &str, rules: SubmitRules) -> Result<Self, FieldError> {
         let f = |name: &str| format!("{prefix}{name}");
         let obj = value.as_object().ok_or_else(|| {
             FieldError::new(
@@ -93,7 +109,15 @@ impl NewTask {
         if run_at.is_some() && delay_seconds > 0 {
             return Err(FieldError::new(f("run_at"), "give run_at or delay_seconds, not both"));
         }
+        let callback_url = match obj.get("callback_url") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => {
+                Some(validate_callback_url(s, rules.callback).map_err(|m| FieldError::new(f("callback_url"), m))?)
+            }
+            Some(_) => return Err(FieldError::new(f("callback_url"), "must be a string (an https:// URL)")),
+        };
         Ok(Self {
+            callback_url,
             task_type,
             payload,
             priority,
@@ -130,6 +154,12 @@ impl NewTask {
             "max_attempts": self.max_attempts,
             "timeout_seconds": self.timeout_seconds,
         });
+        // Only when set, so fingerprints of requests without one stay what they were (keys
+        // claimed before this field existed still replay).
+        let mut canonical = canonical;
+        if let (Some(url), Some(obj)) = (&self.callback_url, canonical.as_object_mut()) {
+            obj.insert("callback_url".into(), Value::String(url.clone()));
+        }
         // serde_json's Map is ordered by key, so this text is canonical.
         format!("{:016x}", fnv1a64(canonical.to_string().as_bytes()))
     }
@@ -298,6 +328,30 @@ mod tests {
         let c = NewTask::from_json(&json!({"type": "x", "payload": {"a": 3}}), "").unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());
         assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+
+    #[test]
+    fn callback_url_is_validated_and_part_of_the_fingerprint() {
+        let plain = NewTask::from_json(&json!({"type": "x"}), "").unwrap();
+        assert_eq!(plain.callback_url, None);
+        // Unchanged for requests without a callback (idempotency keys claimed before still match).
+        // FNV-1a of {"delay_seconds":0,"max_attempts":3,"payload":null,"priority":"normal","run_at":null,"timeout_seconds":60,"type":"x"}
+        assert_eq!(plain.fingerprint(), "418c20436761aebb");
+        let a = NewTask::from_json(&json!({"type": "x", "callback_url": "https://a.example/h"}), "").unwrap();
+        let b = NewTask::from_json(&json!({"type": "x", "callback_url": "https://b.example/h"}), "").unwrap();
+        assert_eq!(a.callback_url.as_deref(), Some("https://a.example/h"));
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), plain.fingerprint());
+        for bad in [json!("http://a.example/"), json!(5), json!("https://127.0.0.1/")] {
+            let e = NewTask::from_json(&json!({"type": "x", "callback_url": bad}), "tasks[1].").unwrap_err();
+            assert_eq!(e.field, "tasks[1].callback_url", "{bad}");
+        }
+        let local = SubmitRules {
+            callback: CallbackRules { allow_loopback: true },
+        };
+        let t =
+            NewTask::from_json_with(&json!({"type": "x", "callback_url": "http://127.0.0.1:7/h"}), "", local).unwrap();
+        assert_eq!(t.callback_url.as_deref(), Some("http://127.0.0.1:7/h"));
     }
 
     proptest! {

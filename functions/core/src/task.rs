@@ -188,6 +188,18 @@ pub enum EventKind {
     Enqueued,
     /// An operator moved the task's message back from the dead-letter queue.
     Redriven,
+    /// The task's completion webhook was answered with a 2xx (`attempt`: attempts made).
+    WebhookDelivered,
+    /// The task's completion webhook gave up (`detail`: the last error).
+    WebhookFailed,
+}
+
+impl EventKind {
+    /// Events that record a state change. The others (webhook outcomes) are notes appended to
+    /// a task without changing it; [`crate::ports::TaskStore::record`] writes them.
+    pub fn is_transition(&self) -> bool {
+        !matches!(self, EventKind::WebhookDelivered | EventKind::WebhookFailed)
+    }
 }
 
 /// Shards of the index of unfinished tasks: spreading them keeps one priority's writes under a
@@ -228,6 +240,9 @@ pub struct Task {
     pub run_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub cancel_requested: bool,
+    /// Where to POST the task once it is terminal (see `taskq-webhook`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub callback_url: Option<String>,
     /// While running: when the attempt's worker is presumed dead if it has not written.
     #[serde(skip)]
     pub lease_until: Option<DateTime<Utc>>,

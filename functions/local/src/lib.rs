@@ -14,12 +14,15 @@ use taskq_api::{router, AppState, Authenticator};
 use taskq_aws::RedisCache;
 pub use taskq_aws::RedisSettings;
 use taskq_core::cache::{CacheLayer, EmbeddedCache, FallbackLimiter, Guard, RateLimiter, RefreshingStore, StatusCache};
+use taskq_core::callback::CallbackRules;
 use taskq_core::faults::{FaultCounts, FaultPlan, FaultyQueue, FaultyStore};
 use taskq_core::memory::{MemoryQueueConfig, MemoryTaskQueue, MemoryTaskStore};
 use taskq_core::memory::{MemoryRateLimiter, MemoryStatusCache};
 pub use taskq_core::rate::RolePolicy;
-use taskq_core::{TaskQueue, TaskService, TaskStore};
+use taskq_core::{SubmitRules, TaskQueue, TaskService, TaskStore};
 pub use taskq_sweeper::{Sweeper, SweeperConfig};
+pub use taskq_webhook::RetryPolicy as WebhookRetryPolicy;
+use taskq_webhook::{Deliverer, Network, Webhooks};
 use taskq_worker::{Registry, Worker, WorkerConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -54,7 +57,16 @@ pub struct LocalOptions {
     pub policy: RolePolicy,
     /// Status cache and rate limiter in Redis, as in AWS (`None`: both in this process).
     pub redis: Option<RedisSettings>,
+    /// Accept (and deliver to) loopback callback URLs, http included: local receivers.
+    pub callback: CallbackRules,
+    /// The secret completion webhooks are signed with.
+    pub webhook_secret: String,
+    pub webhook_retry: WebhookRetryPolicy,
 }
+
+/// The webhook secret taskq-local uses when `TASKQ_WEBHOOK_SECRET` is not set. Fixed, like the
+/// JWT dev secret, so a local receiver's configuration survives restarts; printed at start.
+pub const DEV_WEBHOOK_SECRET: &str = "taskq-local-dev-webhook-secret";
 
 impl LocalOptions {
     pub fn new(listen: SocketAddr, jwt_secret: impl Into<String>) -> Self {
@@ -71,6 +83,9 @@ impl LocalOptions {
             faults: None,
             policy: RolePolicy::default(),
             redis: None,
+            callback: CallbackRules::default(),
+            webhook_secret: DEV_WEBHOOK_SECRET.to_owned(),
+            webhook_retry: WebhookRetryPolicy::default(),
         }
     }
 }
@@ -141,15 +156,27 @@ pub async fn start(options: LocalOptions) -> std::io::Result<LocalServer> {
         ),
     };
     let layer = CacheLayer::new(cache, guard);
-    // Every write refreshes the cache and wakes waiters: the local stand-in for the DynamoDB
-    // stream consumer.
-    let refreshing = Arc::new(RefreshingStore::new(store, layer.clone()));
+    // Every write refreshes the cache and wakes waiters, and goes to the webhook sender: the
+    // local stand-ins for the DynamoDB stream consumers.
+    let (changes, feed) = tokio::sync::mpsc::unbounded_channel();
+    let refreshing = Arc::new(RefreshingStore::new(store, layer.clone()).with_changes(changes));
     let store: Arc<dyn TaskStore> = refreshing.clone();
+    let network = if options.callback.allow_loopback {
+        Network::AllowLoopback
+    } else {
+        Network::PublicOnly
+    };
+    let deliverer = Deliverer::new(options.webhook_secret.into_bytes(), options.webhook_retry, network)
+        .map_err(std::io::Error::other)?;
+    let webhooks = Webhooks::new(deliverer, store.clone());
     let state = AppState::new(
         TaskService::new(store.clone(), queue.clone()).with_cache(layer),
         Authenticator::new(Some(&options.jwt_secret), None, None),
     )
-    .with_limits(options.policy, limiter);
+    .with_limits(options.policy, limiter)
+    .with_submit_rules(SubmitRules {
+        callback: options.callback,
+    });
     let state = if embedded {
         state.with_cache_info(Arc::new(EmbeddedCache))
     } else {
@@ -159,11 +186,14 @@ pub async fn start(options: LocalOptions) -> std::io::Result<LocalServer> {
     let addr = listener.local_addr()?;
     // The dashboard's paths are disjoint from /v1/*, so merging cannot shadow an API route.
     let app = router(state).merge(dashboard::router());
-    let mut tasks = vec![tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    })];
+    let mut tasks = vec![
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        }),
+        tokio::spawn(taskq_webhook::run_feed(feed, webhooks)),
+    ];
     if options.workers {
         let worker = Worker::new(store.clone(), queue.clone(), options.registry, options.worker);
         tasks.extend(esm::spawn(worker, queue.clone(), &options.event_sources));

@@ -35,6 +35,10 @@ ENVIRONMENT:
     TASKQ_RATE_LIMITS     per-role rates, e.g. {\"default\":{\"per_second\":20,\"burst\":40}}
     TASKQ_MAX_PRIORITY    per-role highest priority, e.g. {\"default\":\"normal\",\"admin\":\"high\"}
     TASKQ_CACHE_TIMEOUT_MS, TASKQ_CACHE_PAUSE_MS, TASKQ_CACHE_TTL_ACTIVE_MS   Redis bounds (see README)
+    TASKQ_WEBHOOK_SECRET  secret completion webhooks are signed with (default: a fixed dev secret,
+                          printed at start)
+    TASKQ_CALLBACK_ALLOW_LOOPBACK_HTTP=true   accept callback_url http(s)://127.0.0.1|localhost|[::1]
+                          (local receivers); never set this where the API is reachable by others
     RUST_LOG              log filter (default info)
 ";
 
@@ -119,6 +123,18 @@ async fn serve(mut args: Args) -> Result<(), String> {
     options.faults = faults;
     options.policy = taskq_local::RolePolicy::from_env().map_err(|e| e.to_string())?;
     options.redis = taskq_local::RedisSettings::from_env_with(redis_url)?;
+    options.callback.allow_loopback = match std::env::var("TASKQ_CALLBACK_ALLOW_LOOPBACK_HTTP").as_deref() {
+        Ok("true") => true,
+        Ok("false") | Ok("") | Err(_) => false,
+        Ok(other) => {
+            return Err(format!(
+                "TASKQ_CALLBACK_ALLOW_LOOPBACK_HTTP must be true or false, not {other:?}"
+            ))
+        }
+    };
+    let webhook_secret = std::env::var("TASKQ_WEBHOOK_SECRET").ok().filter(|s| !s.is_empty());
+    let webhook_secret_is_dev = webhook_secret.is_none();
+    options.webhook_secret = webhook_secret.unwrap_or_else(|| taskq_local::DEV_WEBHOOK_SECRET.to_owned());
     options.backend = match backend.as_str() {
         "memory" => Backend::Memory(MemoryQueueConfig::default()),
         "aws" => {
@@ -151,6 +167,12 @@ async fn serve(mut args: Args) -> Result<(), String> {
     let url = server.base_url();
     println!("taskq-local listening on {url} (backend: {backend})");
     println!("dev token for user dev-user (24 h):\n  export TOKEN={token}");
+    if webhook_secret_is_dev {
+        println!(
+            "webhooks are signed with the dev secret {:?} (set TASKQ_WEBHOOK_SECRET to choose one)",
+            taskq_local::DEV_WEBHOOK_SECRET
+        );
+    }
     println!(
         "try:\n  curl -s -X POST {url}/v1/tasks -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{{\"type\":\"echo\",\"payload\":{{\"hello\":\"world\"}}}}'"
     );

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use crate::ports::{
     ActivePage, ActiveQuery, ActiveTask, Created, IdempotencyClaim, ListQuery, StoreError, TaskPage, TaskStore,
 };
-use crate::task::{active_shard, Task, TaskId};
+use crate::task::{active_shard, Task, TaskEvent, TaskId};
 use crate::transition::StateChange;
 
 #[derive(Default)]
@@ -106,6 +106,24 @@ impl TaskStore for MemoryTaskStore {
             });
         }
         change.apply_to(task);
+        Ok(task.clone())
+    }
+
+    async fn record(&self, user_id: &str, id: TaskId, expect_seq: u32, event: &TaskEvent) -> Result<Task, StoreError> {
+        let mut users = self.lock();
+        let task = users
+            .get_mut(user_id)
+            .and_then(|u| u.tasks.get_mut(&id))
+            .ok_or(StoreError::Conflict { current: None })?;
+        if crate::cache::version(task) != expect_seq {
+            return Err(StoreError::Conflict {
+                current: Some(Box::new(task.clone())),
+            });
+        }
+        task.history.push(TaskEvent {
+            seq: expect_seq + 1,
+            ..event.clone()
+        });
         Ok(task.clone())
     }
 

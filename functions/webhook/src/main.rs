@@ -1,0 +1,33 @@
+//! Lambda entry point of the webhook sender (a DynamoDB stream event source invokes it; its
+//! filter passes only terminal tasks that have a `callback_url`).
+
+use std::sync::Arc;
+
+use aws_lambda_events::dynamodb::Event;
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use taskq_webhook::{handle, BatchResponse, Deliverer, Network, RetryPolicy, Webhooks};
+
+/// A shorter secret is a configuration mistake (the template generates 64 characters).
+const MIN_SECRET_LEN: usize = 32;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    taskq_aws::telemetry::init();
+    let secret = std::env::var("TASKQ_WEBHOOK_SECRET").unwrap_or_default();
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(format!("TASKQ_WEBHOOK_SECRET must be set, at least {MIN_SECRET_LEN} characters").into());
+    }
+    let table = std::env::var("TASKQ_TABLE_NAME")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .ok_or("TASKQ_TABLE_NAME must be set")?;
+    let sdk = taskq_aws::AwsConfig::sdk_config().await;
+    let store = taskq_aws::DynamoDbTaskStore::new(aws_sdk_dynamodb::Client::new(&sdk), table);
+    let deliverer = Deliverer::new(secret.into_bytes(), RetryPolicy::default(), Network::PublicOnly)?;
+    let webhooks = Webhooks::new(deliverer, Arc::new(store));
+    run(service_fn(|event: LambdaEvent<Event>| {
+        let webhooks = webhooks.clone();
+        async move { Ok::<BatchResponse, Error>(handle(&event.payload, &webhooks).await) }
+    }))
+    .await
+}
