@@ -162,8 +162,13 @@ async fn moto_two_thousand_tasks_survive_injected_faults() {
         queue,
         Duration::from_millis(5),
         Duration::from_secs(600),
-        // Fewer keyed clients than on memory: each keyed submission is a moto transaction.
-        3,
+        // No keyed clients on moto. A keyed submission is a TransactWriteItems, and a replay's
+        // transaction is cancelled (the key is taken). moto rolls a failed transaction back by
+        // restoring a deep copy of every table it touched, taken before it started, which erases
+        // the writes other requests made meanwhile (moto/dynamodb/models: transact_write_items).
+        // DynamoDB's cancelled transactions have no effects; idempotency under faults is tested
+        // on the memory store (9 clients in 10) and keyed replays on moto in the contract suite.
+        0,
     )
     .await;
 }
