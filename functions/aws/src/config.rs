@@ -74,11 +74,22 @@ impl AwsConfig {
 
     /// The SDK configuration from the environment (region, credentials, `AWS_ENDPOINT_URL`).
     /// No network I/O: credentials are resolved on first use.
+    ///
+    /// In Lambda the region and the credentials are environment variables the service sets, so
+    /// they are taken from there directly (see [`lambda_region`]). The default chains would end
+    /// at the same values, but building them is most of a cold start's SDK cost: the credentials
+    /// chain constructs an STS client for web identity tokens, and constructing any SDK client
+    /// loads and parses the system trust roots (every file under /etc/ssl/certs on Debian).
+    /// Everything else (`AWS_ENDPOINT_URL` and the per-service endpoint variables, retries,
+    /// FIPS and dual-stack flags) still goes through the loader.
     pub async fn sdk_config() -> aws_config::SdkConfig {
-        aws_config::defaults(BehaviorVersion::latest())
-            .timeout_config(sdk_timeouts())
-            .load()
-            .await
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(sdk_timeouts());
+        if let Some(region) = lambda_region(|name| std::env::var(name).ok()) {
+            loader = loader
+                .region(aws_config::Region::new(region))
+                .credentials_provider(aws_config::environment::EnvironmentVariableCredentialsProvider::new());
+        }
+        loader.load().await
     }
 
     /// Builds both adapters over one SDK configuration.
@@ -111,6 +122,20 @@ impl AwsConfig {
             SqsTaskQueue::new(aws_sdk_sqs::Client::from_conf(sqs), self.queues.clone()),
         )
     }
+}
+
+/// The region, when this process runs in Lambda with the credentials in its environment: then
+/// `AWS_REGION` and the environment credentials are exactly what the default chains would find
+/// (Lambda sets `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
+/// `AWS_SESSION_TOKEN` for the execution role). `None` anywhere else (a laptop, CI, taskq-local,
+/// a Lambda-like environment without keys): the full default chains run there, profiles, SSO
+/// and IMDS included.
+pub fn lambda_region(env: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let set = |name: &str| env(name).filter(|v| !v.is_empty());
+    set("AWS_LAMBDA_FUNCTION_NAME")?;
+    set("AWS_ACCESS_KEY_ID")?;
+    set("AWS_SECRET_ACCESS_KEY")?;
+    set("AWS_REGION")
 }
 
 /// Bounds on every AWS call. Without them an unanswered request holds an invocation until the
