@@ -1,6 +1,9 @@
 //! Configuration of the AWS adapters, read once from the environment by `main`.
 
 use aws_config::BehaviorVersion;
+use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
+use aws_smithy_runtime_api::client::http::{HttpClient, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector};
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use taskq_core::Priority;
 
 use crate::accounting::RequestCounter;
@@ -83,7 +86,9 @@ impl AwsConfig {
     /// Everything else (`AWS_ENDPOINT_URL` and the per-service endpoint variables, retries,
     /// FIPS and dual-stack flags) still goes through the loader.
     pub async fn sdk_config() -> aws_config::SdkConfig {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(sdk_timeouts());
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(sdk_timeouts())
+            .http_client(lazy_https_client());
         if let Some(region) = lambda_region(|name| std::env::var(name).ok()) {
             loader = loader
                 .region(aws_config::Region::new(region))
@@ -121,6 +126,51 @@ impl AwsConfig {
             DynamoDbTaskStore::new(aws_sdk_dynamodb::Client::from_conf(ddb), self.table_name.clone()),
             SqsTaskQueue::new(aws_sdk_sqs::Client::from_conf(sqs), self.queues.clone()),
         )
+    }
+}
+
+/// The SDK's default HTTPS client (hyper 1, rustls on aws-lc-rs, proxy settings from the
+/// environment: what `default-https-client` builds), with two differences:
+///
+/// - one client for every SDK client made from the `SdkConfig` (DynamoDB, SQS, ElastiCache), so
+///   they share one connector per timeout setting and one connection pool;
+/// - its TLS connector is built on the first request instead of when each SDK client is
+///   constructed. The SDK builds a throwaway connector per client at construction, only to
+///   load the system trust roots early (`HyperClient::validate_base_client_config`); with two
+///   or three clients that was two or three parses of every root certificate in every cold
+///   start, before the connector actually used was built, again, on the first call.
+///
+/// The roots are still loaded once, on the first AWS call (so an API request that never reaches
+/// AWS, such as a health check or a refused token, never loads them).
+pub fn lazy_https_client() -> SharedHttpClient {
+    use aws_smithy_http_client::proxy::ProxyConfig;
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+
+    let inner = aws_smithy_http_client::Builder::new().build_with_connector_fn(|settings, components| {
+        let mut connector =
+            aws_smithy_http_client::ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::AwsLc));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    });
+    SharedHttpClient::new(LazyHttpClient(inner))
+}
+
+/// An HTTP client that leaves `validate_base_client_config` at its default (no eager connector).
+#[derive(Debug)]
+struct LazyHttpClient(SharedHttpClient);
+
+impl HttpClient for LazyHttpClient {
+    fn http_connector(&self, settings: &HttpConnectorSettings, components: &RuntimeComponents) -> SharedHttpConnector {
+        // The inner client builds the connector for these settings once and caches it.
+        self.0.http_connector(settings, components)
+    }
+
+    fn connector_metadata(&self) -> Option<ConnectorMetadata> {
+        self.0.connector_metadata()
     }
 }
 

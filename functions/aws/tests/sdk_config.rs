@@ -52,6 +52,8 @@ async fn sdk_config_in_lambda_uses_the_environment_and_keeps_the_endpoint_overri
     let sdk = taskq_aws::AwsConfig::sdk_config().await;
     assert_eq!(sdk.region().map(|r| r.as_ref()), Some("ap-southeast-2"));
     assert_eq!(sdk.endpoint_url(), Some("http://127.0.0.1:4566"));
+    // One HTTP client for every SDK client made from this config (lazy_https_client).
+    assert!(sdk.http_client().is_some());
     let timeouts = sdk.timeout_config().expect("timeouts set");
     assert_eq!(
         timeouts.operation_timeout(),
