@@ -1,6 +1,9 @@
 //! Configuration of the AWS adapters, read once from the environment by `main`.
 
 use aws_config::BehaviorVersion;
+use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
+use aws_smithy_runtime_api::client::http::{HttpClient, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector};
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use taskq_core::Priority;
 
 use crate::accounting::RequestCounter;
@@ -74,11 +77,24 @@ impl AwsConfig {
 
     /// The SDK configuration from the environment (region, credentials, `AWS_ENDPOINT_URL`).
     /// No network I/O: credentials are resolved on first use.
+    ///
+    /// In Lambda the region and the credentials are environment variables the service sets, so
+    /// they are taken from there directly (see [`lambda_region`]). The default chains would end
+    /// at the same values, but building them is most of a cold start's SDK cost: the credentials
+    /// chain constructs an STS client for web identity tokens, and constructing any SDK client
+    /// loads and parses the system trust roots (every file under /etc/ssl/certs on Debian).
+    /// Everything else (`AWS_ENDPOINT_URL` and the per-service endpoint variables, retries,
+    /// FIPS and dual-stack flags) still goes through the loader.
     pub async fn sdk_config() -> aws_config::SdkConfig {
-        aws_config::defaults(BehaviorVersion::latest())
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .timeout_config(sdk_timeouts())
-            .load()
-            .await
+            .http_client(lazy_https_client());
+        if let Some(region) = lambda_region(|name| std::env::var(name).ok()) {
+            loader = loader
+                .region(aws_config::Region::new(region))
+                .credentials_provider(aws_config::environment::EnvironmentVariableCredentialsProvider::new());
+        }
+        loader.load().await
     }
 
     /// Builds both adapters over one SDK configuration.
@@ -111,6 +127,65 @@ impl AwsConfig {
             SqsTaskQueue::new(aws_sdk_sqs::Client::from_conf(sqs), self.queues.clone()),
         )
     }
+}
+
+/// The SDK's default HTTPS client (hyper 1, rustls on aws-lc-rs, proxy settings from the
+/// environment: what `default-https-client` builds), with two differences:
+///
+/// - one client for every SDK client made from the `SdkConfig` (DynamoDB, SQS, ElastiCache), so
+///   they share one connector per timeout setting and one connection pool;
+/// - its TLS connector is built on the first request instead of when each SDK client is
+///   constructed. The SDK builds a throwaway connector per client at construction, only to
+///   load the system trust roots early (`HyperClient::validate_base_client_config`); with two
+///   or three clients that was two or three parses of every root certificate in every cold
+///   start, before the connector actually used was built, again, on the first call.
+///
+/// The roots are still loaded once, on the first AWS call (so an API request that never reaches
+/// AWS, such as a health check or a refused token, never loads them).
+pub fn lazy_https_client() -> SharedHttpClient {
+    use aws_smithy_http_client::proxy::ProxyConfig;
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+
+    let inner = aws_smithy_http_client::Builder::new().build_with_connector_fn(|settings, components| {
+        let mut connector =
+            aws_smithy_http_client::ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::AwsLc));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    });
+    SharedHttpClient::new(LazyHttpClient(inner))
+}
+
+/// An HTTP client that leaves `validate_base_client_config` at its default (no eager connector).
+#[derive(Debug)]
+struct LazyHttpClient(SharedHttpClient);
+
+impl HttpClient for LazyHttpClient {
+    fn http_connector(&self, settings: &HttpConnectorSettings, components: &RuntimeComponents) -> SharedHttpConnector {
+        // The inner client builds the connector for these settings once and caches it.
+        self.0.http_connector(settings, components)
+    }
+
+    fn connector_metadata(&self) -> Option<ConnectorMetadata> {
+        self.0.connector_metadata()
+    }
+}
+
+/// The region, when this process runs in Lambda with the credentials in its environment: then
+/// `AWS_REGION` and the environment credentials are exactly what the default chains would find
+/// (Lambda sets `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
+/// `AWS_SESSION_TOKEN` for the execution role). `None` anywhere else (a laptop, CI, taskq-local,
+/// a Lambda-like environment without keys): the full default chains run there, profiles, SSO
+/// and IMDS included.
+pub fn lambda_region(env: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let set = |name: &str| env(name).filter(|v| !v.is_empty());
+    set("AWS_LAMBDA_FUNCTION_NAME")?;
+    set("AWS_ACCESS_KEY_ID")?;
+    set("AWS_SECRET_ACCESS_KEY")?;
+    set("AWS_REGION")
 }
 
 /// Bounds on every AWS call. Without them an unanswered request holds an invocation until the

@@ -38,6 +38,9 @@ pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
         .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("testing", "testing", None, None, "taskq-tests"))
+        // The HTTP client the functions use (AwsConfig::sdk_config), so the contract tests
+        // exercise it.
+        .http_client(crate::config::lazy_https_client())
         .load()
         .await
 }

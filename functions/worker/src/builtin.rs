@@ -77,7 +77,10 @@ impl TaskHandler for Fail {
 /// `{url, method?, headers?, body?}`: one HTTP request. 2xx succeeds with `{status, body}`;
 /// 408, 429 and 5xx and network errors are retried; other statuses fail the task.
 pub struct Webhook {
-    client: reqwest::Client,
+    /// Built on the first webhook task, not at init: building a reqwest client loads and parses
+    /// the system trust roots (rustls-platform-verifier), a few milliseconds of every cold
+    /// start, and most workers never run a webhook.
+    client: std::sync::OnceLock<reqwest::Client>,
 }
 
 /// Response bodies are kept up to this size in the result.
@@ -98,14 +101,21 @@ struct WebhookPayload {
 
 impl Webhook {
     pub fn new() -> Self {
-        // Building the client does no I/O; connections open on first use.
-        let client = reqwest::Client::builder()
-            .timeout(WEBHOOK_TIMEOUT)
-            .connect_timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()
-            .unwrap_or_default();
-        Self { client }
+        Self {
+            client: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn client(&self) -> &reqwest::Client {
+        // Connections still open on first use of the client, as before.
+        self.client.get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(WEBHOOK_TIMEOUT)
+                .connect_timeout(Duration::from_secs(5))
+                .redirect(reqwest::redirect::Policy::limited(3))
+                .build()
+                .unwrap_or_default()
+        })
     }
 }
 
@@ -134,7 +144,7 @@ impl TaskHandler for Webhook {
         let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| {
             HandlerError::permanent("invalid_payload", format!("method: {method:?} is not an HTTP method"))
         })?;
-        let mut request = self.client.request(method, url);
+        let mut request = self.client().request(method, url);
         for (name, value) in &p.headers {
             request = request.header(name, value);
         }
