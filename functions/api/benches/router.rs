@@ -20,11 +20,8 @@ const SECRET: &str = "bench-secret";
 fn new_app() -> axum::Router {
     let service = TaskService::new(Arc::new(MemoryTaskStore::new()), Arc::new(MemoryTaskQueue::default()));
     // The limiter runs on every request, as in production, but never refuses the benchmark.
-    let policy = RolePolicy::parse(
-        Some(r#"{"default":{"per_second":1000000,"burst":1000000}}"#),
-        None,
-    )
-    .expect("a valid policy");
+    let policy =
+        RolePolicy::parse(Some(r#"{"default":{"per_second":1000000,"burst":1000000}}"#), None).expect("a valid policy");
     let state = AppState::new(service, Authenticator::new(Some(SECRET), None, None))
         .with_limits(policy, Arc::new(MemoryRateLimiter::new()));
     router(state)
