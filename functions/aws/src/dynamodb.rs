@@ -271,18 +271,7 @@ impl TaskStore for DynamoDbTaskStore {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        match result {
-            Ok(out) => {
-                let item = out
-                    .attributes
-                    .ok_or_else(|| StoreError::Unavailable("UpdateItem returned no attributes".into()))?;
-                item::from_item(item).map_err(|e| StoreError::Unavailable(e.into()))
-            }
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Err(conflict(e.into_err()))
-            }
-            Err(e) => Err(store_error(e)),
-        }
+        updated(result)
     }
 
     #[instrument(skip_all, fields(task_id = %id, to = %change.status), err(Debug))]
@@ -301,18 +290,32 @@ impl TaskStore for DynamoDbTaskStore {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        match result {
-            Ok(out) => {
-                let item = out
-                    .attributes
-                    .ok_or_else(|| StoreError::Unavailable("UpdateItem returned no attributes".into()))?;
-                item::from_item(item).map_err(|e| StoreError::Unavailable(e.into()))
-            }
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Err(conflict(e.into_err()))
-            }
-            Err(e) => Err(store_error(e)),
+        updated(result)
+    }
+}
+
+/// An UpdateItem's answer: the item as written (`ALL_NEW`), or on a failed condition a conflict
+/// carrying the item as it is now (`ALL_OLD` on condition failure: no extra read).
+fn updated(
+    result: Result<
+        aws_sdk_dynamodb::operation::update_item::UpdateItemOutput,
+        SdkError<
+            aws_sdk_dynamodb::operation::update_item::UpdateItemError,
+            aws_sdk_dynamodb::config::http::HttpResponse,
+        >,
+    >,
+) -> Result<Task, StoreError> {
+    match result {
+        Ok(out) => {
+            let item = out
+                .attributes
+                .ok_or_else(|| StoreError::Unavailable("UpdateItem returned no attributes".into()))?;
+            item::from_item(item).map_err(|e| StoreError::Unavailable(e.into()))
         }
+        Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+            Err(conflict(e.into_err()))
+        }
+        Err(e) => Err(store_error(e)),
     }
 }
 

@@ -15,11 +15,10 @@
 pub mod deliver;
 pub mod signature;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use aws_lambda_events::dynamodb::{Event, EventRecord};
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_lambda_events::dynamodb::Event;
 use chrono::Utc;
 use serde::Serialize;
 use taskq_core::cache::version;
@@ -202,17 +201,9 @@ pub struct BatchItemFailure {
     pub item_identifier: String,
 }
 
-/// The task a record's new image holds, if it holds one.
-pub fn task_of(record: &EventRecord) -> Result<Option<Task>, String> {
-    if record.event_name == "REMOVE" {
-        return Ok(None);
-    }
-    let image: HashMap<String, AttributeValue> = record.change.new_image.clone().into();
-    if image.is_empty() {
-        return Err("the record has no new image: the stream must be NEW_IMAGE or NEW_AND_OLD_IMAGES".into());
-    }
-    taskq_aws::task_from_image(image).map_err(|e| e.to_string())
-}
+/// The task a record's new image holds (shared with the cache refresher, which reads the same
+/// stream).
+pub use taskq_stream::task_of;
 
 /// Handles a batch of stream records. Deliveries run concurrently (one slow receiver must not
 /// hold up the others for its 30 s); the records of one task version count once. Only records
