@@ -120,29 +120,24 @@ impl MemoryTaskQueue {
     fn take_visible(&self, p: Priority, max: usize) -> (Vec<Delivery>, Option<Instant>) {
         let now = Instant::now();
         let mut q = self.lock(p);
-        // SQS moves a message to the DLQ when a receive would exceed maxReceiveCount.
-        let mut i = 0;
-        while i < q.messages.len() {
-            let m = &q.messages[i];
-            if m.visible_at <= now && m.receive_count >= self.config.max_receive_count {
-                if let Some(mut dead) = q.messages.remove(i) {
-                    // A DLQ is a queue of its own: its receive count starts over.
-                    dead.receive_count = 0;
-                    dead.receipt = None;
-                    dead.visible_at = now;
-                    q.dead.push_back(dead);
-                }
-            } else {
-                i += 1;
-            }
-        }
         let mut next_visible: Option<Instant> = None;
+        let mut dead: Vec<usize> = Vec::new();
         let picked = {
             let mut groups: Vec<Vec<usize>> = Vec::new();
             let mut group_of: HashMap<&str, usize> = HashMap::new();
             for (i, m) in q.messages.iter().enumerate() {
+                // `max` groups fill a batch in the first round: later groups are not reached,
+                // so the scan stops (a long backlog of many users costs one short scan).
+                if groups.len() >= max {
+                    break;
+                }
                 if m.visible_at > now {
                     next_visible = Some(next_visible.map_or(m.visible_at, |n| n.min(m.visible_at)));
+                    continue;
+                }
+                if m.receive_count >= self.config.max_receive_count {
+                    // SQS moves a message to the DLQ when a receive would exceed maxReceiveCount.
+                    dead.push(i);
                     continue;
                 }
                 let g = *group_of.entry(m.group_id.as_str()).or_insert_with(|| {
@@ -168,6 +163,16 @@ impl MemoryTaskQueue {
             .into_iter()
             .map(|i| q.messages[i].deliver(now, self.config.visibility_timeout))
             .collect();
+        // Last, so the indices above stay valid: highest first.
+        for i in dead.into_iter().rev() {
+            if let Some(mut m) = q.messages.remove(i) {
+                // A DLQ is a queue of its own: its receive count starts over.
+                m.receive_count = 0;
+                m.receipt = None;
+                m.visible_at = now;
+                q.dead.push_back(m);
+            }
+        }
         (out, next_visible)
     }
 
