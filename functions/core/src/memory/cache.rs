@@ -1,5 +1,5 @@
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -53,7 +53,9 @@ struct Entry {
 /// A [`StatusCache`] in a map with expiry, and change notifications over a broadcast channel.
 pub struct MemoryStatusCache {
     entries: Mutex<Swept<Entry>>,
-    changes: broadcast::Sender<String>,
+    /// One channel per watched task, as Redis has one per task: a change wakes only the
+    /// requests waiting on that task (one shared channel made every waiter read every change).
+    watchers: Arc<Mutex<HashMap<String, broadcast::Sender<()>>>>,
     ttl: CacheTtl,
 }
 
@@ -61,7 +63,7 @@ impl MemoryStatusCache {
     pub fn new(ttl: CacheTtl) -> Self {
         Self {
             entries: Mutex::new(Swept::default()),
-            changes: broadcast::channel(1024).0,
+            watchers: Arc::default(),
             ttl,
         }
     }
@@ -117,14 +119,24 @@ impl StatusCache for MemoryStatusCache {
 
     async fn publish(&self, user_id: &str, id: TaskId) -> Result<(), CacheError> {
         // No receivers is not an error: nobody is waiting.
-        let _ = self.changes.send(cache::task_key(user_id, id));
+        let watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = watchers.get(&cache::task_key(user_id, id)) {
+            let _ = tx.send(());
+        }
         Ok(())
     }
 
     async fn subscribe(&self, user_id: &str, id: TaskId) -> Result<Box<dyn ChangeWatch>, CacheError> {
         Ok(Box::new(MemoryWatch {
             key: cache::task_key(user_id, id),
-            rx: self.changes.subscribe(),
+            rx: {
+                let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+                watchers
+                    .entry(cache::task_key(user_id, id))
+                    .or_insert_with(|| broadcast::channel(4).0)
+                    .subscribe()
+            },
+            watchers: self.watchers.clone(),
         }))
     }
 
@@ -137,22 +149,27 @@ impl StatusCache for MemoryStatusCache {
 
 struct MemoryWatch {
     key: String,
-    rx: broadcast::Receiver<String>,
+    rx: broadcast::Receiver<()>,
+    watchers: Arc<Mutex<HashMap<String, broadcast::Sender<()>>>>,
 }
 
 #[async_trait]
 impl ChangeWatch for MemoryWatch {
     async fn changed(&mut self) -> Result<(), CacheError> {
-        loop {
-            match self.rx.recv().await {
-                Ok(k) if k == self.key => return Ok(()),
-                Ok(_) => continue,
-                // Missed messages may include ours: say "maybe changed".
-                Err(broadcast::error::RecvError::Lagged(_)) => return Ok(()),
-                Err(broadcast::error::RecvError::Closed) => {
-                    return Err(CacheError::Unavailable("change channel closed".into()))
-                }
-            }
+        match self.rx.recv().await {
+            // Missed messages are changes too: "maybe changed" either way.
+            Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => Ok(()),
+            Err(broadcast::error::RecvError::Closed) => Err(CacheError::Unavailable("change channel closed".into())),
+        }
+    }
+}
+
+impl Drop for MemoryWatch {
+    /// The last watcher of a task removes its channel, so the map holds only watched tasks.
+    fn drop(&mut self) {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if watchers.get(&self.key).is_some_and(|tx| tx.receiver_count() <= 1) {
+            watchers.remove(&self.key);
         }
     }
 }
@@ -227,5 +244,26 @@ mod tests {
         assert!(cache.lock().next_sweep.is_some());
         // ...while the cached ones are still served.
         assert_eq!(cache.get("u", first).await.unwrap().map(|t| t.id), Some(first));
+    }
+
+    #[tokio::test]
+    async fn a_change_wakes_only_its_own_watchers_and_unwatched_tasks_cost_nothing() {
+        let cache = MemoryStatusCache::default();
+        let (a, b) = (TaskId::new(), TaskId::new());
+        let mut watch_a = cache.subscribe("u", a).await.unwrap();
+        let mut watch_b = cache.subscribe("u", b).await.unwrap();
+        cache.publish("u", a).await.unwrap();
+        let wait = Duration::from_millis(50);
+        assert!(tokio::time::timeout(wait, watch_a.changed()).await.is_ok());
+        assert!(
+            tokio::time::timeout(wait, watch_b.changed()).await.is_err(),
+            "b did not change"
+        );
+        // Publishing a task nobody watches creates nothing; dropping the last watcher cleans up.
+        cache.publish("u", TaskId::new()).await.unwrap();
+        assert_eq!(cache.watchers.lock().unwrap().len(), 2);
+        drop(watch_a);
+        drop(watch_b);
+        assert!(cache.watchers.lock().unwrap().is_empty());
     }
 }
