@@ -117,48 +117,25 @@ impl Sweeper {
             for t in &page.tasks {
                 report.scanned += 1;
                 if t.awaiting_enqueue() {
-                    let (Some(run_at), Some(delay)) = (t.run_at, t.send_delay(now)) else {
-                        continue; // not yet within SQS's reach
-                    };
-                    let change = match (Transition::Enqueue { run_at }).plan(Self::snapshot(t), now) {
-                        Ok(c) => c,
-                        Err(_) => continue,
-                    };
-                    match self.store.apply(&t.user_id, t.id, &change).await {
-                        Ok(_) => {}
-                        Err(StoreError::Conflict { .. }) => continue,
-                        Err(e) => return Err(e),
+                    if let (Some(run_at), Some(delay)) = (t.run_at, t.send_delay(now)) {
+                        // A failed send leaves the task queued and due: the stranded rule below
+                        // re-sends it `stranded_after` past run_at.
+                        let enqueue = Transition::Enqueue { run_at };
+                        self.record_then_send(t, enqueue, delay, now, report, |r| r.enqueued_scheduled += 1)
+                            .await?;
                     }
-                    // A failed send leaves the task queued and due: the stranded rule below
-                    // re-sends it `stranded_after` past run_at.
-                    match self.queue.send(&t.message(), delay).await {
-                        Ok(()) => report.enqueued_scheduled += 1,
-                        Err(e) => {
-                            warn!(task_id = %t.id, error = %e, "send of a scheduled task failed");
-                            report.errors += 1;
-                        }
-                    }
-                    continue;
+                    continue; // else not yet within SQS's reach
                 }
                 match t.status {
                     Status::Queued if t.run_at.unwrap_or(t.updated_at).max(t.updated_at) + stranded_after < now => {
-                        let snapshot = Self::snapshot(t);
                         let reason = format!("queued since {} without starting", t.updated_at.to_rfc3339());
-                        let change = match (Transition::Resend { reason }).plan(snapshot, now) {
-                            Ok(c) => c,
-                            Err(_) => continue,
-                        };
-                        // Recording the re-send first moves updated_at, so the next sweep waits
-                        // another stranded_after before trying again.
-                        match self.store.apply(&t.user_id, t.id, &change).await {
-                            Ok(_) => {}
-                            Err(StoreError::Conflict { .. }) => continue,
-                            Err(e) => return Err(e),
-                        }
-                        self.send(t.message(), report, |r| r.resent_stranded += 1).await;
+                        let resend = Transition::Resend { reason };
+                        self.record_then_send(t, resend, Duration::ZERO, now, report, |r| r.resent_stranded += 1)
+                            .await?;
                     }
                     Status::Running if t.lease_until.is_some_and(|l| l < now) => {
-                        self.send(t.message(), report, |r| r.resent_expired_leases += 1).await;
+                        self.send(t.message(), Duration::ZERO, report, |r| r.resent_expired_leases += 1)
+                            .await;
                     }
                     _ => {}
                 }
@@ -180,11 +157,41 @@ impl Sweeper {
         }
     }
 
-    async fn send(&self, message: TaskMessage, report: &mut SweepReport, counted: impl Fn(&mut SweepReport)) {
-        match self.queue.send(&message, Duration::ZERO).await {
+    /// Records `transition` on the task, then sends its message. Recording first moves
+    /// `updated_at` (so the next sweep waits before trying again) and makes two sweeps racing on
+    /// one task send once: the loser's conditional write fails and it sends nothing.
+    async fn record_then_send(
+        &self,
+        t: &ActiveTask,
+        transition: Transition,
+        delay: Duration,
+        now: chrono::DateTime<Utc>,
+        report: &mut SweepReport,
+        counted: impl Fn(&mut SweepReport),
+    ) -> Result<(), StoreError> {
+        let Ok(change) = transition.plan(Self::snapshot(t), now) else {
+            return Ok(());
+        };
+        match self.store.apply(&t.user_id, t.id, &change).await {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        self.send(t.message(), delay, report, counted).await;
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        message: TaskMessage,
+        delay: Duration,
+        report: &mut SweepReport,
+        counted: impl Fn(&mut SweepReport),
+    ) {
+        match self.queue.send(&message, delay).await {
             Ok(()) => counted(report),
             Err(e) => {
-                warn!(task_id = %message.task_id, error = %e, "re-send failed; the next sweep retries");
+                warn!(task_id = %message.task_id, error = %e, "send failed; the next sweep retries");
                 report.errors += 1;
             }
         }
