@@ -17,6 +17,9 @@
 //! Needs a moto server (`--aws-endpoint`) and a redis-server (`--redis-url`); `scripts/bench`
 //! starts both.
 
+#[path = "../argv.rs"]
+mod argv;
+use argv::Argv;
 use std::collections::VecDeque;
 use std::path::{Path as FsPath, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -539,45 +542,28 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut items: Vec<String> = std::env::args().skip(1).collect();
-    let mut value = |name: &str| -> Result<Option<String>, String> {
-        let Some(i) = items.iter().position(|a| a == name) else {
-            return Ok(None);
-        };
-        if i + 1 >= items.len() {
-            return Err(format!("{name} needs a value"));
-        }
-        let v = items.remove(i + 1);
-        items.remove(i);
-        Ok(Some(v))
-    };
-    let number = |v: Option<String>, name: &str, default: usize| -> Result<usize, String> {
-        match v {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<usize>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or(format!("{name} must be a positive whole number, not {v:?}")),
-        }
-    };
+    let mut argv = Argv::from_env();
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let args = Args {
-        aws_endpoint: value("--aws-endpoint")?.ok_or("--aws-endpoint URL is required (a moto server)")?,
-        redis_url: value("--redis-url")?.ok_or("--redis-url URL is required (a redis-server)")?,
-        bin_dir: value("--bin-dir")?
+        aws_endpoint: argv
+            .value("--aws-endpoint")?
+            .ok_or("--aws-endpoint URL is required (a moto server)")?,
+        redis_url: argv
+            .value("--redis-url")?
+            .ok_or("--redis-url URL is required (a redis-server)")?,
+        bin_dir: argv
+            .value("--bin-dir")?
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(target).join("release")),
-        events_dir: value("--events-dir")?
+        events_dir: argv
+            .value("--events-dir")?
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("events")),
-        rounds: number(value("--rounds")?, "--rounds", 30)?,
-        invocations: number(value("--invocations")?, "--invocations", 200)?,
-        only: value("--only")?.map(|v| v.split(',').map(str::to_owned).collect()),
+        rounds: argv.number("--rounds", 30, usize::MAX)?,
+        invocations: argv.number("--invocations", 200, usize::MAX)?,
+        only: argv.value("--only")?.map(|v| v.split(',').map(str::to_owned).collect()),
     };
-    if let Some(extra) = items.first() {
-        return Err(format!("unexpected argument {extra:?}"));
-    }
+    argv.finish()?;
     Ok(args)
 }
 

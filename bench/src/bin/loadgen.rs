@@ -9,6 +9,9 @@
 //! second = tasks succeeded / (last `finished_at` - first `created_at`), from the service's
 //! own timestamps, so the read-back does not distort it. Also the created -> finished latency.
 
+#[path = "../argv.rs"]
+mod argv;
+use argv::Argv;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,50 +49,35 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut items: Vec<String> = std::env::args().skip(1).collect();
-    if items.iter().any(|a| a == "--help" || a == "-h") {
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
         return Err(String::new());
     }
-    let mut value = |name: &str| -> Result<Option<String>, String> {
-        let Some(i) = items.iter().position(|a| a == name) else {
-            return Ok(None);
-        };
-        if i + 1 >= items.len() {
-            return Err(format!("{name} needs a value"));
-        }
-        let v = items.remove(i + 1);
-        items.remove(i);
-        Ok(Some(v))
-    };
-    let number = |v: Option<String>, name: &str, default: usize, max: usize| -> Result<usize, String> {
-        match v {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=max).contains(n))
-                .ok_or(format!("{name} must be a whole number from 1 to {max}, not {v:?}")),
-        }
-    };
+    let mut argv = Argv::from_env();
     let args = Args {
-        url: value("--url")?
+        url: argv
+            .value("--url")?
             .unwrap_or_else(|| "http://127.0.0.1:8080".into())
             .trim_end_matches('/')
             .to_owned(),
-        secret: value("--secret")?
+        secret: argv
+            .value("--secret")?
             .or_else(|| std::env::var("TASKQ_JWT_SECRET").ok().filter(|s| !s.is_empty()))
             .unwrap_or_else(|| "taskq-local-dev-secret".into()),
-        duration: Duration::from_secs(number(value("--duration")?, "--duration", 20, 3600)? as u64),
-        concurrency: number(value("--concurrency")?, "--concurrency", 32, 4096)?,
-        users: number(value("--users")?, "--users", 16, 100_000)?,
-        batch: value("--batch")?
-            .map(|v| number(Some(v), "--batch", 0, 100))
-            .transpose()?,
-        task_type: value("--type")?.unwrap_or_else(|| "echo".into()),
+        duration: Duration::from_secs(argv.number("--duration", 20, 3600)? as u64),
+        concurrency: argv.number("--concurrency", 32, 4096)?,
+        users: argv.number("--users", 16, 100_000)?,
+        batch: match argv.value("--batch")? {
+            None => None,
+            Some(v) => Some(
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=100).contains(n))
+                    .ok_or(format!("--batch must be a whole number from 1 to 100, not {v:?}"))?,
+            ),
+        },
+        task_type: argv.value("--type")?.unwrap_or_else(|| "echo".into()),
     };
-    if let Some(extra) = items.first() {
-        return Err(format!("unexpected argument {extra:?}"));
-    }
+    argv.finish()?;
     Ok(args)
 }
 
