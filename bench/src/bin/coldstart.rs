@@ -340,6 +340,8 @@ impl Fixtures {
             env.push(("TASKQ_REDIS_URL".into(), redis));
         }
         if kind == Kind::Api {
+            // As the template sets it with the cache enabled (only `GET /v1/admin/cache` uses it).
+            env.push(("TASKQ_CACHE_NAME".into(), "taskq-bench".into()));
             // The rate limiter runs (in Redis) but never refuses the harness's bursts.
             env.push((
                 "TASKQ_RATE_LIMITS".into(),

@@ -3,13 +3,18 @@
 //! deployment (or an emulator without the serverless API: moto answers it with HTTP 500) is
 //! described with `DescribeReplicationGroups`, then `DescribeCacheClusters`.
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use aws_sdk_elasticache::Client;
 use serde_json::json;
 use taskq_core::cache::{CacheDescriber, CacheDescription, CacheError};
 
 pub struct ElastiCacheDescriber {
-    client: Client,
+    /// Built on the first describe. Only the admin endpoint describes the cache, so building the
+    /// client at init (its endpoint rules parse the partition table and compile its regexes)
+    /// would cost every API cold start for a call most never make.
+    client: LazyLock<Client, Box<dyn FnOnce() -> Client + Send>>,
     /// The serverless cache name, replication group id or cache cluster id.
     name: String,
 }
@@ -21,7 +26,7 @@ fn failed(call: &str, e: impl std::fmt::Display) -> String {
 impl ElastiCacheDescriber {
     pub fn new(client: Client, name: impl Into<String>) -> Self {
         Self {
-            client,
+            client: LazyLock::new(Box::new(move || client)),
             name: name.into(),
         }
     }
@@ -29,12 +34,20 @@ impl ElastiCacheDescriber {
     /// From `TASKQ_CACHE_NAME`; `None` when unset.
     pub fn from_env(sdk: &aws_config::SdkConfig) -> Option<Self> {
         let name = std::env::var("TASKQ_CACHE_NAME").ok().filter(|n| !n.is_empty())?;
-        Some(Self::new(Client::new(sdk), name))
+        let sdk = sdk.clone();
+        Some(Self {
+            client: LazyLock::new(Box::new(move || Client::new(&sdk))),
+            name,
+        })
+    }
+
+    fn client(&self) -> &Client {
+        &self.client
     }
 
     async fn serverless(&self) -> Result<Option<CacheDescription>, String> {
         let out = self
-            .client
+            .client()
             .describe_serverless_caches()
             .serverless_cache_name(&self.name)
             .send()
@@ -64,7 +77,7 @@ impl ElastiCacheDescriber {
 
     async fn replication_group(&self) -> Result<Option<CacheDescription>, String> {
         let out = self
-            .client
+            .client()
             .describe_replication_groups()
             .replication_group_id(&self.name)
             .send()
@@ -90,7 +103,7 @@ impl ElastiCacheDescriber {
 
     async fn cache_cluster(&self) -> Result<Option<CacheDescription>, String> {
         let out = self
-            .client
+            .client()
             .describe_cache_clusters()
             .cache_cluster_id(&self.name)
             .show_cache_node_info(true)
