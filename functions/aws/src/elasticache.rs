@@ -34,11 +34,16 @@ impl ElastiCacheDescriber {
     /// From `TASKQ_CACHE_NAME`; `None` when unset.
     pub fn from_env(sdk: &aws_config::SdkConfig) -> Option<Self> {
         let name = std::env::var("TASKQ_CACHE_NAME").ok().filter(|n| !n.is_empty())?;
+        Some(Self::from_config(sdk, name))
+    }
+
+    /// A describer whose client is built from `sdk` on its first call.
+    pub fn from_config(sdk: &aws_config::SdkConfig, name: impl Into<String>) -> Self {
         let sdk = sdk.clone();
-        Some(Self {
+        Self {
             client: LazyLock::new(Box::new(move || Client::new(&sdk))),
-            name,
-        })
+            name: name.into(),
+        }
     }
 
     fn client(&self) -> &Client {

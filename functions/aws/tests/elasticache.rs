@@ -24,10 +24,8 @@ async fn a_node_based_cache_is_described_after_the_serverless_call_fails() {
         .await
         .expect("moto creates cache clusters");
 
-    let d = ElastiCacheDescriber::new(client.clone(), &name)
-        .describe()
-        .await
-        .unwrap();
+    // The client the API uses is built on this first describe (from_env -> from_config).
+    let d = ElastiCacheDescriber::from_config(&sdk, &name).describe().await.unwrap();
     println!("described_by: {:?}", d.described_by);
     assert_eq!(d.kind, "cache_cluster");
     assert_eq!(d.name, name);
