@@ -40,8 +40,8 @@ impl State {
         let key = (task.priority, active_shard(task.id), task.id);
         if task.status.is_terminal() {
             self.active.remove(&key);
-        } else if !self.active.contains_key(&key) {
-            self.active.insert(key, task.user_id.clone());
+        } else {
+            self.active.entry(key).or_insert_with(|| task.user_id.clone());
         }
     }
 }
