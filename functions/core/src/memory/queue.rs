@@ -1,4 +1,4 @@
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,9 @@ impl Default for MemoryQueueConfig {
 }
 
 struct Message {
+    /// Send order, and the key the message is filed under (its receipts start with it).
+    /// A redriven message gets a new one: it goes to the back, like a new send.
+    seq: u64,
     id: u64,
     body: String,
     group_id: String,
@@ -39,17 +42,68 @@ struct Message {
     receipt: Option<String>,
 }
 
+/// One queue. Messages are filed by `seq` and indexed by group, so a receive looks at the
+/// groups in turn instead of scanning the queue: with fewer groups than a batch holds, the old
+/// scan went to the end of the queue on every receive (a 300k backlog of 8 users drained at
+/// ~1,400 tasks/s), and a delete or visibility change scanned for its receipt.
 #[derive(Default)]
 struct Queue {
-    messages: VecDeque<Message>,
+    messages: BTreeMap<u64, Message>,
+    /// Each group's messages, in send order.
+    groups: HashMap<String, BTreeSet<u64>>,
+    /// Each group once, keyed by its oldest message: the order groups take turns in.
+    heads: BTreeMap<u64, String>,
     dead: VecDeque<Message>,
+}
+
+impl Queue {
+    fn insert(&mut self, m: Message) {
+        let set = self.groups.entry(m.group_id.clone()).or_default();
+        let old_head = set.first().copied();
+        set.insert(m.seq);
+        if old_head.is_none_or(|h| m.seq < h) {
+            if let Some(h) = old_head {
+                self.heads.remove(&h);
+            }
+            self.heads.insert(m.seq, m.group_id.clone());
+        }
+        self.messages.insert(m.seq, m);
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Message> {
+        let m = self.messages.remove(&seq)?;
+        if let Some(set) = self.groups.get_mut(&m.group_id) {
+            let was_head = set.first() == Some(&seq);
+            set.remove(&seq);
+            if was_head {
+                self.heads.remove(&seq);
+                match set.first() {
+                    Some(&head) => {
+                        self.heads.insert(head, m.group_id.clone());
+                    }
+                    None => {
+                        self.groups.remove(&m.group_id);
+                    }
+                }
+            }
+        }
+        Some(m)
+    }
+
+    /// The message whose latest receipt is `receipt` (receipts are `{seq}-{receive count}`).
+    fn by_receipt(&mut self, receipt: &str) -> Option<&mut Message> {
+        let seq: u64 = receipt.split_once('-')?.0.parse().ok()?;
+        self.messages
+            .get_mut(&seq)
+            .filter(|m| m.receipt.as_deref() == Some(receipt))
+    }
 }
 
 impl Message {
     fn deliver(&mut self, now: Instant, visibility: Duration) -> Delivery {
         self.receive_count += 1;
         self.visible_at = now + visibility;
-        let receipt = format!("{}-{}", self.id, self.receive_count);
+        let receipt = format!("{}-{}", self.seq, self.receive_count);
         self.receipt = Some(receipt.clone());
         Delivery {
             message_id: self.id.to_string(),
@@ -94,10 +148,15 @@ impl MemoryTaskQueue {
         self.queues[index(p)].lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn next_seq(&self) -> u64 {
+        self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn push(&self, message: &TaskMessage, delay: Duration) -> Result<(), QueueError> {
         let body = serde_json::to_string(message).map_err(|e| QueueError::Unavailable(e.into()))?;
-        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.lock(message.priority).messages.push_back(Message {
+        let id = self.next_seq();
+        self.lock(message.priority).insert(Message {
+            seq: id,
             id,
             body,
             group_id: message.user_id.clone(),
@@ -121,51 +180,49 @@ impl MemoryTaskQueue {
         let now = Instant::now();
         let mut q = self.lock(p);
         let mut next_visible: Option<Instant> = None;
-        let mut dead: Vec<usize> = Vec::new();
-        let picked = {
-            let mut groups: Vec<Vec<usize>> = Vec::new();
-            let mut group_of: HashMap<&str, usize> = HashMap::new();
-            for (i, m) in q.messages.iter().enumerate() {
-                // `max` groups fill a batch in the first round: later groups are not reached,
-                // so the scan stops (a long backlog of many users costs one short scan).
-                if groups.len() >= max {
+        let mut dead: Vec<u64> = Vec::new();
+        let mut groups: Vec<Vec<u64>> = Vec::new();
+        // `max` groups fill a batch in the first round, so later groups are not looked at. A
+        // group is walked past its in-flight and delayed messages to at most `max` visible ones.
+        for group in q.heads.values() {
+            if groups.len() >= max {
+                break;
+            }
+            let mut visible = Vec::new();
+            for seq in q.groups.get(group).into_iter().flatten() {
+                if visible.len() >= max {
                     break;
                 }
+                let Some(m) = q.messages.get(seq) else { continue };
                 if m.visible_at > now {
                     next_visible = Some(next_visible.map_or(m.visible_at, |n| n.min(m.visible_at)));
-                    continue;
-                }
-                if m.receive_count >= self.config.max_receive_count {
+                } else if m.receive_count >= self.config.max_receive_count {
                     // SQS moves a message to the DLQ when a receive would exceed maxReceiveCount.
-                    dead.push(i);
-                    continue;
-                }
-                let g = *group_of.entry(m.group_id.as_str()).or_insert_with(|| {
-                    groups.push(Vec::new());
-                    groups.len() - 1
-                });
-                if groups[g].len() < max {
-                    groups[g].push(i);
+                    dead.push(*seq);
+                } else {
+                    visible.push(*seq);
                 }
             }
-            let mut picked = Vec::with_capacity(max);
-            for round in 0..max {
-                let before = picked.len();
-                picked.extend(groups.iter().filter_map(|g| g.get(round).copied()));
-                if picked.len() >= max || picked.len() == before {
-                    break;
-                }
+            if !visible.is_empty() {
+                groups.push(visible);
             }
-            picked.truncate(max);
-            picked
-        };
+        }
+        let mut picked = Vec::with_capacity(max);
+        for round in 0..max {
+            let before = picked.len();
+            picked.extend(groups.iter().filter_map(|g| g.get(round).copied()));
+            if picked.len() >= max || picked.len() == before {
+                break;
+            }
+        }
+        picked.truncate(max);
+        let visibility = self.config.visibility_timeout;
         let out = picked
             .into_iter()
-            .map(|i| q.messages[i].deliver(now, self.config.visibility_timeout))
+            .filter_map(|seq| q.messages.get_mut(&seq).map(|m| m.deliver(now, visibility)))
             .collect();
-        // Last, so the indices above stay valid: highest first.
-        for i in dead.into_iter().rev() {
-            if let Some(mut m) = q.messages.remove(i) {
+        for seq in dead {
+            if let Some(mut m) = q.remove(seq) {
                 // A DLQ is a queue of its own: its receive count starts over.
                 m.receive_count = 0;
                 m.receipt = None;
@@ -200,11 +257,7 @@ impl TaskQueue for MemoryTaskQueue {
 
     async fn change_visibility(&self, p: Priority, receipt: &str, timeout: Duration) -> Result<(), QueueError> {
         let mut q = self.lock(p);
-        let m = q
-            .messages
-            .iter_mut()
-            .find(|m| m.receipt.as_deref() == Some(receipt))
-            .ok_or(QueueError::InvalidReceipt)?;
+        let m = q.by_receipt(receipt).ok_or(QueueError::InvalidReceipt)?;
         m.visible_at = Instant::now() + timeout;
         drop(q);
         self.notify[index(p)].notify_waiters();
@@ -232,12 +285,8 @@ impl TaskQueue for MemoryTaskQueue {
         let mut q = self.lock(p);
         // Like SQS, deleting with a stale receipt of a message still present is accepted only
         // for the latest receipt; an unknown receipt is an error.
-        let pos = q
-            .messages
-            .iter()
-            .position(|m| m.receipt.as_deref() == Some(receipt))
-            .ok_or(QueueError::InvalidReceipt)?;
-        q.messages.remove(pos);
+        let seq = q.by_receipt(receipt).ok_or(QueueError::InvalidReceipt)?.seq;
+        q.remove(seq);
         Ok(())
     }
 
@@ -285,10 +334,11 @@ impl TaskQueue for MemoryTaskQueue {
                 .position(|m| m.receipt.as_deref() == Some(d.receipt.as_str()))
             {
                 if let Some(mut m) = q.dead.remove(pos) {
+                    m.seq = self.next_seq();
                     m.receive_count = 0;
                     m.receipt = None;
                     m.visible_at = now;
-                    q.messages.push_back(m);
+                    q.insert(m);
                 }
             }
         }
@@ -304,7 +354,7 @@ impl TaskQueue for MemoryTaskQueue {
             dead_letters: q.dead.len() as u64,
             ..QueueStats::default()
         };
-        for m in &q.messages {
+        for m in q.messages.values() {
             match (m.visible_at <= now, m.receipt.is_some()) {
                 (true, _) => stats.visible += 1,
                 (false, true) => stats.in_flight += 1,
@@ -355,6 +405,40 @@ mod tests {
         // Groups take turns in the order of their oldest message: the noisy user's oldest first.
         assert_eq!(who[0], "noisy");
         assert_eq!(who[1], "quiet");
+    }
+
+    #[tokio::test]
+    async fn receipts_find_their_message_and_a_group_keeps_its_turn_after_deletes() {
+        let q = MemoryTaskQueue::default();
+        for user in ["a", "b", "a"] {
+            q.send(&message(user), Duration::ZERO).await.unwrap();
+        }
+        let first = q.receive(Priority::Normal, 10, Duration::ZERO).await.unwrap();
+        assert_eq!(users(&first), ["a", "b", "a"]);
+        // Deleting a's oldest makes its second message the group's head; b keeps its place.
+        q.delete(Priority::Normal, &first[0].receipt).await.unwrap();
+        assert!(matches!(
+            q.delete(Priority::Normal, &first[0].receipt).await,
+            Err(QueueError::InvalidReceipt)
+        ));
+        assert!(matches!(
+            q.delete(Priority::Normal, "not-a-receipt").await,
+            Err(QueueError::InvalidReceipt)
+        ));
+        for d in &first[1..] {
+            q.change_visibility(Priority::Normal, &d.receipt, Duration::ZERO)
+                .await
+                .unwrap();
+        }
+        let again = q.receive(Priority::Normal, 10, Duration::ZERO).await.unwrap();
+        assert_eq!(users(&again), ["b", "a"]);
+        assert!(again.iter().all(|d| d.receive_count == 2));
+        // The first receive's receipts are stale now.
+        assert!(q.delete(Priority::Normal, &first[1].receipt).await.is_err());
+        for d in &again {
+            q.delete(Priority::Normal, &d.receipt).await.unwrap();
+        }
+        assert_eq!(q.depth(Priority::Normal), 0);
     }
 
     #[tokio::test]
