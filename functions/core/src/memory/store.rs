@@ -29,8 +29,8 @@ struct State {
     users: HashMap<String, UserTasks>,
     /// The tasks that are not terminal, by (priority, shard, id) -> user: the sparse active
     /// index the DynamoDB adapter keeps as a GSI. Without it every page of [`TaskStore::active`]
-    /// scanned and sorted every task ever stored, under the lock the workers need: with 300k
-    /// tasks queued the sweeper's pages starved them (a backlog drained at ~1,400 tasks/s).
+    /// (the sweeper reads them all, once a minute in taskq-local) scanned and sorted every task
+    /// ever stored, finished ones included, under the lock every worker and request needs.
     active: BTreeMap<(Priority, u8, TaskId), String>,
 }
 
