@@ -23,12 +23,18 @@ impl Argv {
 
     /// A whole number from 1 to `max`, or `default` when absent.
     pub fn number(&mut self, name: &str, default: usize, max: usize) -> Result<usize, String> {
+        Ok(self.optional_number(name, max)?.unwrap_or(default))
+    }
+
+    /// A whole number from 1 to `max`, or `None` when absent.
+    pub fn optional_number(&mut self, name: &str, max: usize) -> Result<Option<usize>, String> {
         match self.value(name)? {
-            None => Ok(default),
+            None => Ok(None),
             Some(v) => v
                 .parse::<usize>()
                 .ok()
                 .filter(|n| (1..=max).contains(n))
+                .map(Some)
                 .ok_or(if max == usize::MAX {
                     format!("{name} must be a positive whole number, not {v:?}")
                 } else {

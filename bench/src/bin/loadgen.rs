@@ -66,15 +66,7 @@ fn parse_args() -> Result<Args, String> {
         duration: Duration::from_secs(argv.number("--duration", 20, 3600)? as u64),
         concurrency: argv.number("--concurrency", 32, 4096)?,
         users: argv.number("--users", 16, 100_000)?,
-        batch: match argv.value("--batch")? {
-            None => None,
-            Some(v) => Some(
-                v.parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=100).contains(n))
-                    .ok_or(format!("--batch must be a whole number from 1 to 100, not {v:?}"))?,
-            ),
-        },
+        batch: argv.optional_number("--batch", 100)?,
         task_type: argv.value("--type")?.unwrap_or_else(|| "echo".into()),
     };
     argv.finish()?;

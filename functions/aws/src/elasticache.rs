@@ -46,13 +46,9 @@ impl ElastiCacheDescriber {
         }
     }
 
-    fn client(&self) -> &Client {
-        &self.client
-    }
-
     async fn serverless(&self) -> Result<Option<CacheDescription>, String> {
         let out = self
-            .client()
+            .client
             .describe_serverless_caches()
             .serverless_cache_name(&self.name)
             .send()
@@ -82,7 +78,7 @@ impl ElastiCacheDescriber {
 
     async fn replication_group(&self) -> Result<Option<CacheDescription>, String> {
         let out = self
-            .client()
+            .client
             .describe_replication_groups()
             .replication_group_id(&self.name)
             .send()
@@ -108,7 +104,7 @@ impl ElastiCacheDescriber {
 
     async fn cache_cluster(&self) -> Result<Option<CacheDescription>, String> {
         let out = self
-            .client()
+            .client
             .describe_cache_clusters()
             .cache_cluster_id(&self.name)
             .show_cache_node_info(true)
