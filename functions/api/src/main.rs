@@ -8,25 +8,32 @@ use taskq_core::memory::MemoryRateLimiter;
 use taskq_core::rate::RolePolicy;
 use taskq_core::TaskService;
 
+use taskq_aws::warm;
+
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
+    warm::start(&[warm::Client::DynamoDb, warm::Client::Sqs]);
     taskq_aws::telemetry::init();
     let aws = taskq_aws::AwsConfig::from_env()?;
     let policy = RolePolicy::from_env()?;
+    let authenticator = Authenticator::from_env();
+    // What needs no SDK client comes first: the workers are parsing the clients' tables meanwhile.
+    let redis = match taskq_aws::RedisSettings::from_env()? {
+        Some(settings) => Some((Arc::new(taskq_aws::RedisCache::new(settings.clone())?), settings)),
+        None => None,
+    };
     let sdk = taskq_aws::AwsConfig::sdk_config().await;
     let (store, queue) = aws.adapters_from(&sdk);
     let mut service = TaskService::new(Arc::new(store), Arc::new(queue));
     let local: Arc<dyn RateLimiter> = Arc::new(MemoryRateLimiter::new());
-    let limiter = match taskq_aws::RedisSettings::from_env()? {
-        Some(settings) => {
-            let guard = settings.guard();
-            let redis = Arc::new(taskq_aws::RedisCache::new(settings.clone())?);
+    let limiter = match redis {
+        Some((redis, settings)) => {
             service = service.with_cache(CacheLayer::new(redis.clone(), settings.guard()));
-            Arc::new(FallbackLimiter::new(redis, local, guard)) as Arc<dyn RateLimiter>
+            Arc::new(FallbackLimiter::new(redis, local, settings.guard())) as Arc<dyn RateLimiter>
         }
         None => local,
     };
-    let mut state = AppState::new(service, Authenticator::from_env()).with_limits(policy, limiter);
+    let mut state = AppState::new(service, authenticator).with_limits(policy, limiter);
     if let Some(info) = taskq_aws::elasticache::ElastiCacheDescriber::from_env(&sdk) {
         state = state.with_cache_info(Arc::new(info));
     }

@@ -14,6 +14,7 @@ pub mod redis_cache;
 mod sqs;
 pub mod telemetry;
 pub mod testing;
+pub mod warm;
 
 pub use config::{AwsConfig, QueueUrls};
 pub use dynamodb::DynamoDbTaskStore;

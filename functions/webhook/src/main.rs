@@ -12,6 +12,7 @@ const MIN_SECRET_LEN: usize = 32;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
+    taskq_aws::warm::start(&[taskq_aws::warm::Client::DynamoDb]);
     taskq_aws::telemetry::init();
     let secret = std::env::var("TASKQ_WEBHOOK_SECRET").unwrap_or_default();
     if secret.len() < MIN_SECRET_LEN {
@@ -21,9 +22,9 @@ async fn main() -> Result<(), Error> {
         .ok()
         .filter(|t| !t.is_empty())
         .ok_or("TASKQ_TABLE_NAME must be set")?;
+    let deliverer = Deliverer::new(secret.into_bytes(), RetryPolicy::default(), Network::PublicOnly)?;
     let sdk = taskq_aws::AwsConfig::sdk_config().await;
     let store = taskq_aws::DynamoDbTaskStore::new(aws_sdk_dynamodb::Client::new(&sdk), table);
-    let deliverer = Deliverer::new(secret.into_bytes(), RetryPolicy::default(), Network::PublicOnly)?;
     let webhooks = Webhooks::new(deliverer, Arc::new(store));
     run(service_fn(|event: LambdaEvent<Event>| {
         let webhooks = webhooks.clone();

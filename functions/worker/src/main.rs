@@ -7,13 +7,17 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use taskq_worker::{Registry, Worker, WorkerConfig};
 
+use taskq_aws::warm;
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
+    warm::start(&[warm::Client::DynamoDb, warm::Client::Sqs]);
     taskq_aws::telemetry::init();
     let config = WorkerConfig::from_env()?;
     let aws = taskq_aws::AwsConfig::from_env()?;
+    let registry = Registry::with_builtins();
     let (store, queue) = aws.adapters().await;
-    let worker = Worker::new(Arc::new(store), Arc::new(queue), Registry::with_builtins(), config);
+    let worker = Worker::new(Arc::new(store), Arc::new(queue), registry, config);
     run(service_fn(|event: LambdaEvent<SqsEvent>| {
         let worker = worker.clone();
         async move {

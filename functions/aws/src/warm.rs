@@ -1,0 +1,59 @@
+//! Cold-start work that runs beside `main`'s wiring instead of in front of it.
+//!
+//! Each SDK crate parses its endpoint partition table (JSON) and compiles its region regexes the
+//! first time one of its clients is built: about 0.38M instructions per crate, most of the cost
+//! of building a client (BENCHMARKS.md, "Where init time goes"). `start` hands those to the
+//! runtime's worker threads, idle at that point, while `main` sets up logging, reads its
+//! settings and loads the SDK configuration. When `main` reaches `Client::new` the table is ready
+//! or being finished: the SDK keeps it in a `LazyLock`, so it is parsed once, by whoever asks
+//! first, and a client never sees a half-built one.
+//!
+//! Workers rather than a thread of its own: spawning, and at exit unmapping, a thread cost about
+//! as much as the parse it would take off `main` (measured: no gain).
+
+/// An SDK client whose endpoint table `start` can parse ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    DynamoDb,
+    Sqs,
+}
+
+/// Starts one task per client on the current tokio runtime and returns at once. Outside a
+/// runtime it does nothing: the clients then parse their tables themselves, as without it.
+pub fn start(clients: &[Client]) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    for &client in clients {
+        drop(runtime.spawn(async move {
+            match client {
+                Client::DynamoDb => drop(aws_sdk_dynamodb::config::endpoint::DefaultResolver::new()),
+                Client::Sqs => drop(aws_sdk_sqs::config::endpoint::DefaultResolver::new()),
+            }
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outside_a_runtime_it_does_nothing_and_does_not_panic() {
+        start(&[Client::DynamoDb, Client::Sqs]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clients_built_while_the_tables_are_parsed_work() {
+        start(&[Client::DynamoDb, Client::Sqs]);
+        // Built at once, racing the warm-up tasks for the same LazyLocks.
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("eu-west-1"))
+            .build();
+        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        assert_eq!(ddb.config().region().map(|r| r.as_ref()), Some("eu-west-1"));
+        assert_eq!(sqs.config().region().map(|r| r.as_ref()), Some("eu-west-1"));
+    }
+}
