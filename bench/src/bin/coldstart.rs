@@ -99,17 +99,21 @@ impl RuntimeApi {
 }
 
 async fn next(State(api): State<RuntimeApi>) -> Response {
-    let _ = api.tx.send(Signal::Next(Instant::now()));
+    let at = Instant::now();
+    // Take the event (or find none) before telling the harness: on a function's last GET /next
+    // the harness kills it and loads the next function's events, and a request that had not
+    // looked at the queue yet would take the next function's first event to a dead process
+    // (seen as a rare "1 events served, 0 answered" stall of the next function).
     let event = api.events.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+    if let Some((id, _)) = &event {
+        api.served.lock().unwrap_or_else(|e| e.into_inner()).push((*id, at));
+    }
+    let _ = api.tx.send(Signal::Next(at));
     let Some((id, body)) = event else {
         // Out of events: park the runtime (as Lambda freezes it) until the harness kills it.
         std::future::pending::<()>().await;
         return StatusCode::GONE.into_response();
     };
-    api.served
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((id, Instant::now()));
     let deadline_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()

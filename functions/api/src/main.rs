@@ -3,12 +3,11 @@
 use std::sync::Arc;
 
 use taskq_api::{router, AppState, Authenticator};
+use taskq_aws::warm;
 use taskq_core::cache::{CacheLayer, FallbackLimiter, RateLimiter};
 use taskq_core::memory::MemoryRateLimiter;
 use taskq_core::rate::RolePolicy;
 use taskq_core::TaskService;
-
-use taskq_aws::warm;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {

@@ -2,7 +2,7 @@
 //!
 //! Each SDK crate parses its endpoint partition table (JSON) and compiles its region regexes the
 //! first time one of its clients is built: about 0.38M instructions per crate, most of the cost
-//! of building a client (BENCHMARKS.md, "Where init time goes"). `start` hands those to the
+//! of building a client (BENCHMARKS.md, "Where init time went"). `start` hands those to the
 //! runtime's worker threads, idle at that point, while `main` sets up logging, reads its
 //! settings and loads the SDK configuration. When `main` reaches `Client::new` the table is ready
 //! or being finished: the SDK keeps it in a `LazyLock`, so it is parsed once, by whoever asks

@@ -3,9 +3,8 @@
 use std::sync::Arc;
 
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use taskq_sweeper::{SweepReport, Sweeper, SweeperConfig};
-
 use taskq_aws::warm;
+use taskq_sweeper::{SweepReport, Sweeper, SweeperConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {

@@ -5,9 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use taskq_worker::{Registry, Worker, WorkerConfig};
-
 use taskq_aws::warm;
+use taskq_worker::{Registry, Worker, WorkerConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
