@@ -38,22 +38,47 @@ pub fn start(clients: &[Client]) {
 mod tests {
     use super::*;
 
+    /// What the clients resolve to after `start`: the tables the warm-up tasks parsed (or are
+    /// parsing, when the client gets there first) must be whole, for either runtime flavour.
+    async fn endpoints_after_start() -> (String, String) {
+        start(&[Client::DynamoDb, Client::Sqs]);
+        use aws_sdk_dynamodb::config::endpoint::ResolveEndpoint as _;
+        use aws_sdk_sqs::config::endpoint::ResolveEndpoint as _;
+        let ddb_params = aws_sdk_dynamodb::config::endpoint::Params::builder()
+            .region("eu-west-1")
+            .build()
+            .expect("params");
+        let sqs_params = aws_sdk_sqs::config::endpoint::Params::builder()
+            .region("eu-west-1")
+            .build()
+            .expect("params");
+        let ddb = aws_sdk_dynamodb::config::endpoint::DefaultResolver::new()
+            .resolve_endpoint(&ddb_params)
+            .await
+            .expect("DynamoDB endpoint");
+        let sqs = aws_sdk_sqs::config::endpoint::DefaultResolver::new()
+            .resolve_endpoint(&sqs_params)
+            .await
+            .expect("SQS endpoint");
+        (ddb.url().to_owned(), sqs.url().to_owned())
+    }
+
     #[test]
     fn outside_a_runtime_it_does_nothing_and_does_not_panic() {
         start(&[Client::DynamoDb, Client::Sqs]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn clients_built_while_the_tables_are_parsed_work() {
-        start(&[Client::DynamoDb, Client::Sqs]);
-        // Built at once, racing the warm-up tasks for the same LazyLocks.
-        let sdk = aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("eu-west-1"))
-            .build();
-        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-        let sqs = aws_sdk_sqs::Client::new(&sdk);
-        assert_eq!(ddb.config().region().map(|r| r.as_ref()), Some("eu-west-1"));
-        assert_eq!(sqs.config().region().map(|r| r.as_ref()), Some("eu-west-1"));
+    async fn clients_resolve_with_the_tables_the_workers_parsed() {
+        let (ddb, sqs) = endpoints_after_start().await;
+        assert_eq!(ddb, "https://dynamodb.eu-west-1.amazonaws.com");
+        assert_eq!(sqs, "https://sqs.eu-west-1.amazonaws.com");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn on_a_current_thread_runtime_the_clients_parse_first_and_still_resolve() {
+        let (ddb, sqs) = endpoints_after_start().await;
+        assert_eq!(ddb, "https://dynamodb.eu-west-1.amazonaws.com");
+        assert_eq!(sqs, "https://sqs.eu-west-1.amazonaws.com");
     }
 }
