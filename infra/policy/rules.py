@@ -10,6 +10,7 @@ the same way CloudFormation reads them.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -132,22 +133,138 @@ def largest_max_attempts() -> int:
     return int(m.group(1))
 
 
-def statements(fn: dict) -> list[dict]:
-    """Inline IAM statements of a function, with Fn::If branches flattened."""
+def _flatten(stmts: Any) -> list[dict]:
+    """IAM statements with Fn::If branches flattened (both branches: either may be deployed)."""
     out: list[dict] = []
 
     def add(stmt: Any) -> None:
         if isinstance(stmt, dict) and "Fn::If" in stmt:
             for branch in stmt["Fn::If"][1:]:
                 add(branch)
+        elif isinstance(stmt, list):
+            for s in stmt:
+                add(s)
         elif isinstance(stmt, dict) and "Effect" in stmt:
             out.append(stmt)
 
+    add(stmts or [])
+    return out
+
+
+def function_role(t: Template, fn: dict) -> tuple[str | None, dict | None]:
+    """The logical id and resource of the stack role a function runs as (its Role property)."""
+    roles = resources(t, "AWS::IAM::Role")
+    for name in refs(props(fn).get("Role")):
+        if name in roles:
+            return name, roles[name]
+    return None, None
+
+
+def role_statements(role: dict | None) -> list[dict]:
+    """Inline statements of a role (every policy in Policies)."""
+    out: list[dict] = []
+    for policy in props(role or {}).get("Policies", []) or []:
+        if isinstance(policy, dict):
+            out += _flatten(policy.get("PolicyDocument", {}).get("Statement"))
+    return out
+
+
+def sam_statements(fn: dict) -> list[dict]:
+    """Statements in a function's SAM Policies property (none in taskq: its roles hold them)."""
+    out: list[dict] = []
     for policy in props(fn).get("Policies", []) or []:
         if isinstance(policy, dict):
-            for stmt in policy.get("Statement", []) or []:
-                add(stmt)
+            out += _flatten(policy.get("Statement"))
     return out
+
+
+def statements(t: Template, fn: dict) -> list[dict]:
+    """Every inline IAM statement a function's code runs with: its role's, and SAM Policies if any."""
+    return role_statements(function_role(t, fn)[1]) + sam_statements(fn)
+
+
+def env(t: Template, fn: dict) -> dict:
+    """A function's environment variables, Globals merged in (as SAM merges them)."""
+    g = global_fn(t).get("Environment", {}).get("Variables", {}) or {}
+    return {**g, **(props(fn).get("Environment", {}).get("Variables", {}) or {})}
+
+
+def norm(value: Any) -> Any:
+    """GetAtt in one spelling ("A.B" and ["A", "B"] both become ["A", "B"])."""
+    if isinstance(value, dict):
+        if "Fn::GetAtt" in value and isinstance(value["Fn::GetAtt"], str):
+            return {"Fn::GetAtt": value["Fn::GetAtt"].split(".", 1)}
+        return {k: norm(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [norm(v) for v in value]
+    return value
+
+
+def allows(stmts: list[dict], action: str, resource: Any) -> bool:
+    """Some Allow statement names this action (exactly) on this resource (exactly, not "*")."""
+    for s in stmts:
+        if s.get("Effect") != "Allow" or action not in as_list(s.get("Action")):
+            continue
+        if any(norm(r) == norm(resource) for r in as_list(s.get("Resource"))):
+            return True
+    return False
+
+
+# ------------------------------------------------------------------ parameter defaults
+
+UNKNOWN = object()  # a value known only at deploy time (pseudo parameters, Fn::Sub, GetAtt, ...)
+
+
+def evaluate(t: Template, value: Any, params: dict | None = None) -> Any:
+    """A value as CloudFormation resolves it when every parameter keeps its default (or takes
+    `params`): Ref to a parameter, Fn::If, Fn::Equals, Fn::Not, Fn::And, Fn::Or, Condition."""
+    params = params or {}
+
+    def param(name: str) -> Any:
+        if name in params:
+            return params[name]
+        p = t.get("Parameters", {}).get(name)
+        return UNKNOWN if p is None else p.get("Default", UNKNOWN)
+
+    def cond(name: str) -> Any:
+        return ev(t.get("Conditions", {}).get(name, UNKNOWN))
+
+    def ev(v: Any) -> Any:
+        if v is UNKNOWN:
+            return UNKNOWN
+        if isinstance(v, dict) and len(v) == 1:
+            (k, a), = v.items()
+            if k == "Ref":
+                return param(a) if a in t.get("Parameters", {}) or a in params else UNKNOWN
+            if k == "Condition":
+                return cond(a)
+            if k == "Fn::If":
+                c = cond(a[0])
+                return UNKNOWN if c is UNKNOWN else ev(a[1] if c else a[2])
+            if k == "Fn::Equals":
+                x, y = ev(a[0]), ev(a[1])
+                return UNKNOWN if UNKNOWN in (x, y) else text(x) == text(y)
+            if k == "Fn::Not":
+                x = ev(a[0])
+                return UNKNOWN if x is UNKNOWN else not x
+            if k in ("Fn::And", "Fn::Or"):
+                xs = [ev(x) for x in a]
+                if k == "Fn::And" and False in xs or k == "Fn::Or" and True in xs:
+                    return k == "Fn::Or"
+                return UNKNOWN if UNKNOWN in xs else k == "Fn::And"
+            if k.startswith("Fn::"):
+                return UNKNOWN
+        return v
+
+    def text(x: Any) -> str:
+        return str(x).lower() if isinstance(x, bool) else str(x)
+
+    return ev(value)
+
+
+def condition(t: Template, name: str | None, params: dict | None = None) -> Any:
+    """A condition's value with default parameters; True for no condition."""
+    return True if name is None else evaluate(t, {"Condition": name}, params)
 
 
 def as_list(value: Any) -> list:
@@ -235,37 +352,90 @@ def api_alias_provisioned_concurrency_autoscaling(t: Template) -> list[str]:
     return out
 
 
+def mappings(t: Template) -> dict[str, dict]:
+    return resources(t, "AWS::Lambda::EventSourceMapping")
+
+
+def sqs_mappings(t: Template) -> dict[str, dict]:
+    queues = resources(t, "AWS::SQS::Queue")
+    return {k: v for k, v in mappings(t).items() if refs(props(v).get("EventSourceArn")) & set(queues)}
+
+
 @rule
 def worker_sqs_events(t: Template) -> list[str]:
-    """One SQS event per priority queue: partial batch failures, concurrency cap, batch settings from parameters."""
+    """One event source mapping per priority queue: partial batch failures, concurrency cap, batch settings from parameters."""
     out = []
-    sqs_events = []
-    for name, fn in functions(t).items():
-        for ev_name, ev in (props(fn).get("Events") or {}).items():
-            if ev.get("Type") == "SQS":
-                sqs_events.append((f"{name}.{ev_name}", props(ev)))
+    sqs = sqs_mappings(t)
     covered = set()
-    for where, p in sqs_events:
-        covered |= refs(p.get("Queue"))
+    for where, m in sqs.items():
+        p = props(m)
+        covered |= refs(p.get("EventSourceArn"))
         if "ReportBatchItemFailures" not in (p.get("FunctionResponseTypes") or []):
             out.append(f"{where}: FunctionResponseTypes must include ReportBatchItemFailures")
-        if not is_param_ref(t, p.get("ScalingConfig", {}).get("MaximumConcurrency")):
+        if not is_param_ref(t, (p.get("ScalingConfig") or {}).get("MaximumConcurrency")):
             out.append(f"{where}: ScalingConfig.MaximumConcurrency must come from a parameter")
         for key in ("BatchSize", "MaximumBatchingWindowInSeconds"):
             if not is_param_ref(t, p.get(key)):
                 out.append(f"{where}: {key} must come from a parameter")
+        if not refs(p.get("FunctionName")) & set(functions(t)):
+            out.append(f"{where}: FunctionName must name a function of the stack")
     missing = set(source_queues(t)) - covered
     if missing:
-        out.append(f"source queues without a worker event: {sorted(missing)}")
+        out.append(f"source queues without a worker event source mapping: {sorted(missing)}")
     # Weighted by priority: the defaults never give a lower priority more workers.
     caps = {}
-    for where, p in sqs_events:
-        for q in refs(p.get("Queue")):
-            caps[q] = param_default(t, p.get("ScalingConfig", {}).get("MaximumConcurrency"))
+    for where, m in sqs.items():
+        p = props(m)
+        for q in refs(p.get("EventSourceArn")):
+            caps[q] = param_default(t, (p.get("ScalingConfig") or {}).get("MaximumConcurrency"))
     order = [q for q in ("HighQueue", "NormalQueue", "LowQueue") if q in caps]
     for hi, lo in zip(order, order[1:]):
         if caps[hi] is not None and caps[lo] is not None and int(caps[hi]) < int(caps[lo]):
             out.append(f"MaximumConcurrency default of {hi} ({caps[hi]}) is below {lo}'s ({caps[lo]})")
+    return out
+
+
+# What an event source mapping does with the function's role, per kind of source.
+POLL_ACTIONS = {
+    "Arn": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"],
+    "StreamArn": ["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator"],
+}
+
+
+@rule
+def event_sources_scoped(t: Template) -> list[str]:
+    """Every event source mapping's function may poll exactly that source (no "*"), under the same Condition."""
+    out = []
+    fns = functions(t)
+    for name, m in mappings(t).items():
+        p = props(m)
+        fn_names = refs(p.get("FunctionName")) & set(fns)
+        if not fn_names:
+            out.append(f"{name}: FunctionName must name a function of the stack")
+            continue
+        fn_name = fn_names.pop()
+        fn = fns[fn_name]
+        if m.get("Condition") != fn.get("Condition"):
+            out.append(f"{name}: Condition {m.get('Condition')} differs from {fn_name}'s ({fn.get('Condition')})")
+        source = norm(p.get("EventSourceArn"))
+        attr = source.get("Fn::GetAtt", [None, None])[1] if isinstance(source, dict) else None
+        if attr not in POLL_ACTIONS:
+            out.append(f"{name}: EventSourceArn must be a queue's Arn or a table's StreamArn of the stack")
+            continue
+        stmts = statements(t, fn)
+        for action in POLL_ACTIONS[attr]:
+            if not allows(stmts, action, source):
+                out.append(f"{name}: {fn_name}'s role must allow {action} on {source['Fn::GetAtt'][0]}.{attr} (exactly)")
+        if attr == "StreamArn":
+            table = source["Fn::GetAtt"][0]
+            ok = any(
+                s.get("Effect") == "Allow"
+                and "dynamodb:ListStreams" in as_list(s.get("Action"))
+                and any(sub_text(r) == f"${{{table}.Arn}}/stream/*" for r in as_list(s.get("Resource")))
+                for s in stmts
+            )
+            if not ok:
+                out.append(f"{name}: {fn_name}'s role must allow dynamodb:ListStreams on ${{{table}.Arn}}/stream/*")
     return out
 
 
@@ -420,18 +590,33 @@ def cache_private_and_optional(t: Template) -> list[str]:
     return out
 
 
+ENI_ACTIONS = {
+    "ec2:CreateNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeSubnets",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+}
+
+
 @rule
 def only_cache_users_in_vpc(t: Template) -> list[str]:
-    """A function joins the VPC if and only if it talks to Redis; the rest stay outside (internet reach, no ENIs)."""
+    """A function joins the VPC if and only if it talks to Redis; only those may manage network interfaces."""
     out = []
     for name, fn in functions(t).items():
-        env = props(fn).get("Environment", {}).get("Variables", {})
-        uses_cache = "TASKQ_REDIS_URL" in env
+        variables = props(fn).get("Environment", {}).get("Variables", {})
+        uses_cache = "TASKQ_REDIS_URL" in variables
         in_vpc = "VpcConfig" in props(fn)
         if uses_cache and not in_vpc:
             out.append(f"{name}: uses the cache but is not in the VPC")
         if in_vpc and not uses_cache:
             out.append(f"{name}: is in the VPC but does not use the cache (keep it out)")
+        granted = {a for s in statements(t, fn) if s.get("Effect") == "Allow" for a in as_list(s.get("Action"))}
+        if in_vpc and "ec2:CreateNetworkInterface" not in granted:
+            out.append(f"{name}: is in the VPC but its role may not create network interfaces (Lambda needs ec2:CreateNetworkInterface)")
+        if not in_vpc and granted & ENI_ACTIONS:
+            out.append(f"{name}: is not in the VPC but its role may manage network interfaces ({sorted(granted & ENI_ACTIONS)})")
     return out
 
 
@@ -440,7 +625,7 @@ def only_cache_users_in_vpc(t: Template) -> list[str]:
 
 @rule
 def cloudfront_https_and_origins(t: Template) -> list[str]:
-    """HTTPS only; /v1/* uncached with Host not forwarded; S3 through OAC; security headers; optional rate-based WAF."""
+    """HTTPS only; /v1/* uncached with Host not forwarded; S3 through OAC; security headers; the WAF web ACL attached."""
     out = []
     dists = resources(t, "AWS::CloudFront::Distribution")
     if not dists:
@@ -478,11 +663,7 @@ def cloudfront_https_and_origins(t: Template) -> list[str]:
         waf = cfg.get("WebACLId")
         acls = [a for a in refs(waf) if a in resources(t, "AWS::WAFv2::WebACL")]
         if not acls:
-            out.append(f"{name}: WebACLId must reference the stack's (optional) WAF web ACL")
-        for a in acls:
-            rules_ = props(t["Resources"][a]).get("Rules", [])
-            if not any("RateBasedStatement" in r.get("Statement", {}) for r in rules_):
-                out.append(f"{a}: needs a rate-based rule")
+            out.append(f"{name}: WebACLId must reference the stack's WAF web ACL")
     for name, b in resources(t, "AWS::S3::Bucket").items():
         pab = props(b).get("PublicAccessBlockConfiguration", {})
         if not all(pab.get(k) is True for k in ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets")):
@@ -492,6 +673,151 @@ def cloudfront_https_and_origins(t: Template) -> list[str]:
         for h in ("StrictTransportSecurity", "ContentTypeOptions", "FrameOptions", "ContentSecurityPolicy"):
             if h not in sec:
                 out.append(f"{name}: security header {h} missing")
+    return out
+
+
+MANAGED_RULE_GROUPS = [
+    "AWSManagedRulesCommonRuleSet",
+    "AWSManagedRulesKnownBadInputsRuleSet",
+    "AWSManagedRulesAmazonIpReputationList",
+]
+# Rules of AWSManagedRulesCommonRuleSet that must only count, and why. Any other override needs a
+# line here.
+COMMON_RULES_COUNTED = {
+    "SizeRestrictions_BODY": "it blocks bodies over 8 KB; a task payload may be 256 KiB",
+}
+
+
+@rule
+def waf_on_by_default(t: Template) -> list[str]:
+    """WAF by default: AWS managed groups, a rate rule that spares reads, logs kept; created only in us-east-1."""
+    out = []
+    acls = resources(t, "AWS::WAFv2::WebACL")
+    if not acls:
+        return ["no WAF web ACL"]
+    log_groups = resources(t, "AWS::Logs::LogGroup")
+    for name, acl in acls.items():
+        if condition(t, acl.get("Condition")) is not True:
+            out.append(f"{name}: must be created with the default parameters (Condition {acl.get('Condition')}; EnableWaf defaults to \"true\")")
+        p = props(acl)
+        if p.get("Scope") != "CLOUDFRONT":
+            out.append(f"{name}: Scope must be CLOUDFRONT")
+        rules_ = p.get("Rules", []) or []
+        groups: dict[str, tuple[dict, dict]] = {}
+        for r in rules_:
+            g = (r.get("Statement") or {}).get("ManagedRuleGroupStatement")
+            if g and g.get("VendorName") == "AWS":
+                groups[g.get("Name")] = (r, g)
+        for g in MANAGED_RULE_GROUPS:
+            if g not in groups:
+                out.append(f"{name}: AWS managed rule group {g} missing")
+            elif "None" not in (groups[g][0].get("OverrideAction") or {}):
+                out.append(f"{name}: {g} must act (OverrideAction None), not only count")
+        if "AWSManagedRulesCommonRuleSet" in groups:
+            overrides = {
+                o.get("Name"): o.get("ActionToUse") or {}
+                for o in groups["AWSManagedRulesCommonRuleSet"][1].get("RuleActionOverrides", []) or []
+            }
+            for rule_name, why in COMMON_RULES_COUNTED.items():
+                if "Count" not in overrides.get(rule_name, {}):
+                    out.append(f"{name}: AWSManagedRulesCommonRuleSet's {rule_name} must be overridden to Count ({why})")
+            for rule_name, action in overrides.items():
+                if rule_name not in COMMON_RULES_COUNTED and "Block" not in action:
+                    out.append(f"{name}: common rule {rule_name} is overridden to {list(action)} (not in COMMON_RULES_COUNTED)")
+        rate = [r for r in rules_ if "RateBasedStatement" in (r.get("Statement") or {})]
+        if not rate:
+            out.append(f"{name}: needs a rate-based rule")
+        elif not any("ScopeDownStatement" in r["Statement"]["RateBasedStatement"] for r in rate):
+            out.append(f"{name}: a rate-based rule must be scoped down (ScopeDownStatement), so reads such as a polling dashboard are not blocked")
+        for r in rate:
+            if "Block" not in (r.get("Action") or {}):
+                out.append(f"{name}: rate-based rule {r.get('Name')} must Block")
+            if not is_param_ref(t, r["Statement"]["RateBasedStatement"].get("Limit")):
+                out.append(f"{name}: rate-based rule {r.get('Name')}: Limit must come from a parameter")
+        logging = [
+            (k, l) for k, l in resources(t, "AWS::WAFv2::LoggingConfiguration").items()
+            if name in refs(props(l).get("ResourceArn"))
+        ]
+        if not logging:
+            out.append(f"{name}: no WAF logging (AWS::WAFv2::LoggingConfiguration)")
+        for k, l in logging:
+            if l.get("Condition") != acl.get("Condition"):
+                out.append(f"{k}: Condition must be the web ACL's ({acl.get('Condition')})")
+            dests = [d for d in refs(props(l).get("LogDestinationConfigs")) if d in log_groups]
+            if not dests:
+                out.append(f"{k}: must log to a CloudWatch log group of the stack")
+            for d in dests:
+                gp = props(log_groups[d])
+                if not sub_text(gp.get("LogGroupName", "")).startswith("aws-waf-logs-"):
+                    out.append(f"{d}: WAF log group names must start with aws-waf-logs-")
+                if "RetentionInDays" not in gp:
+                    out.append(f"{d}: needs RetentionInDays")
+    # CloudFront web ACLs exist only in us-east-1: a deploy that would create one elsewhere stops
+    # at a template rule with a message, not half-way through with WAF's error.
+    region_rule = False
+    for r in (t.get("Rules") or {}).values():
+        for a in r.get("Assertions", []) or []:
+            assert_ = a.get("Assert") or {}
+            eq = assert_.get("Fn::Equals") if isinstance(assert_, dict) else None
+            if (
+                eq
+                and {"Ref": "AWS::Region"} in eq
+                and "us-east-1" in eq
+                and evaluate(t, r.get("RuleCondition", True)) is True
+                and "us-east-1" in str(a.get("AssertDescription", ""))
+            ):
+                region_rule = True
+    if not region_rule:
+        out.append("Rules: no assertion (with an AssertDescription) that the stack is in us-east-1 when it creates the web ACL")
+    return out
+
+
+ORIGIN_HEADER = "X-Taskq-Origin-Verify"
+ORIGIN_ENV = "TASKQ_ORIGIN_VERIFY"
+
+
+def resolved_secret(value: Any) -> str | None:
+    """The logical id of the secret a "{{resolve:secretsmanager:${Secret}:SecretString}}" value reads."""
+    m = re.fullmatch(r"\{\{resolve:secretsmanager:\$\{([A-Za-z0-9]+)\}:SecretString\}\}", sub_text(value))
+    return m.group(1) if m else None
+
+
+@rule
+def api_only_through_cloudfront(t: Template) -> list[str]:
+    """CloudFront sends a generated secret to the API origin; the API function gets the same one (it refuses requests without it)."""
+    out = []
+    secrets = resources(t, "AWS::SecretsManager::Secret")
+    apis = set(resources(t, "AWS::Serverless::HttpApi"))
+    sent: set[str] = set()
+    for name, d in resources(t, "AWS::CloudFront::Distribution").items():
+        for o in props(d).get("DistributionConfig", {}).get("Origins", []):
+            if not refs(o.get("DomainName")) & apis:
+                continue
+            headers = {h.get("HeaderName", "").lower(): h.get("HeaderValue") for h in o.get("OriginCustomHeaders", []) or []}
+            secret = resolved_secret(headers.get(ORIGIN_HEADER.lower(), ""))
+            if secret is None:
+                out.append(f"{name} origin {o.get('Id')}: OriginCustomHeaders must send {ORIGIN_HEADER} from a secret ({{{{resolve:secretsmanager:...}}}})")
+            else:
+                sent.add(secret)
+    for s_name in sent:
+        gen = props(secrets.get(s_name, {})).get("GenerateSecretString")
+        if s_name not in secrets or not gen:
+            out.append(f"{s_name}: must be a Secrets Manager secret of the stack with a generated value")
+        elif int(gen.get("PasswordLength", 32)) < 32 or gen.get("ExcludePunctuation") is not True:
+            out.append(f"{s_name}: at least 32 characters, no punctuation (it travels in a header)")
+    api_fns = {
+        n: fn for n, fn in functions(t).items()
+        if any((ev.get("Type") == "HttpApi") for ev in (props(fn).get("Events") or {}).values())
+    }
+    for n, fn in api_fns.items():
+        secret = resolved_secret(env(t, fn).get(ORIGIN_ENV, ""))
+        if secret is None:
+            out.append(f"{n}: environment variable {ORIGIN_ENV} must hold CloudFront's origin secret")
+        elif secret not in sent:
+            out.append(f"{n}: {ORIGIN_ENV} reads {secret}, but CloudFront sends {sorted(sent) or 'nothing'}")
+    desc = str(t.get("Outputs", {}).get("ApiUrl", {}).get("Description", ""))
+    if "403" not in desc or "CloudFrontUrl" not in desc:
+        out.append("output ApiUrl: the description must say direct calls are refused (403) and clients use CloudFrontUrl")
     return out
 
 
@@ -543,31 +869,153 @@ def alarms_cover_the_failure_modes(t: Template) -> list[str]:
 # ------------------------------------------------------------------ rules: IAM
 
 
-# Where AWS itself requires "*" (none in our inline statements today; SAM's managed policies add
-# X-Ray's PutTraceSegments and the VPC ENI actions with "*", which have no resource-level form).
-WILDCARD_ALLOWED: set[tuple[str, str]] = set()
+# The only actions a statement may grant on Resource "*": AWS has no resource-level permission for
+# them. X-Ray's trace upload (what AWSXrayWriteOnlyAccess gave every function), and the network
+# interface actions Lambda performs with the role of a VPC function (AWSLambdaVPCAccessExecutionRole
+# without its logs actions; only_cache_users_in_vpc keeps them to VPC functions).
+WILDCARD_ACTIONS = {
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+} | ENI_ACTIONS
+# Of those, the ones EC2 evaluates the ec2:Vpc condition key for: granted on "*" only with a
+# condition on it (the stack's VPC). The Describe calls accept no condition at all.
+WILDCARD_NEEDS_VPC_CONDITION = {
+    "ec2:CreateNetworkInterface",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+}
+# SAM events that add an AWS managed policy with Resource "*" to the function's generated role
+# (samtranslator/model/eventsources/pull.py). taskq's event sources are explicit mappings.
+PULL_EVENTS = {
+    "SQS": "AWSLambdaSQSQueueExecutionRole",
+    "DynamoDB": "AWSLambdaDynamoDBExecutionRole",
+    "Kinesis": "AWSLambdaKinesisExecutionRole",
+    "MSK": "AWSLambdaMSKExecutionRole",
+}
+
+
+def _condition_keys(cond: Any) -> set[str]:
+    return {k for ops in (cond or {}).values() if isinstance(ops, dict) for k in ops}
 
 
 @rule
 def least_privilege(t: Template) -> list[str]:
-    """Inline statements only: no wildcard actions, no Resource "*" unless listed, no *FullAccess managed policies."""
+    """Each function runs as a stack role with inline statements only: no managed policies (SAM's grant "*"), no wildcard actions, "*" only for WILDCARD_ACTIONS."""
     out = []
+    roles = resources(t, "AWS::IAM::Role")
+    fn_roles: set[str] = set()
     for name, fn in functions(t).items():
-        for policy in props(fn).get("Policies", []) or []:
-            if isinstance(policy, str) and ("FullAccess" in policy or policy.endswith("AdministratorAccess")):
-                out.append(f"{name}: managed policy {policy} grants far more than taskq uses")
-            elif isinstance(policy, dict) and "Statement" not in policy:
-                out.append(f"{name}: use inline statements, not SAM policy templates ({list(policy)})")
-        for s in statements(fn):
+        role_name, _ = function_role(t, fn)
+        if role_name is None:
+            out.append(
+                f"{name}: needs Role (a role of the stack): the role SAM generates carries "
+                "AWSLambdaBasicExecutionRole and AWSXrayWriteOnlyAccess, both Resource '*'"
+            )
+        else:
+            fn_roles.add(role_name)
+        if props(fn).get("Policies"):
+            out.append(f"{name}: Policies: put the statements in its role")
+        for ev_name, ev in (props(fn).get("Events") or {}).items():
+            if ev.get("Type") in PULL_EVENTS:
+                out.append(
+                    f"{name}.{ev_name}: a SAM {ev.get('Type')} event (SAM attaches {PULL_EVENTS[ev['Type']]}, "
+                    "Resource '*'): use an AWS::Lambda::EventSourceMapping"
+                )
+    for r in sorted(fn_roles):
+        rp = props(roles[r])
+        for arn in rp.get("ManagedPolicyArns", []) or []:
+            out.append(f"{r}: managed policy {plain(arn)}: inline statements only (AWS managed policies grant Resource '*')")
+    for kind in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+        for k, pol in resources(t, kind).items():
+            if refs(props(pol).get("Roles")) & fn_roles:
+                out.append(f"{k}: keep function permissions inline in the role")
+    checked = [(r, role_statements(roles[r])) for r in sorted(fn_roles)]
+    checked += [(n, sam_statements(fn)) for n, fn in functions(t).items()]
+    for where, stmts in checked:
+        for s in stmts:
             sid = s.get("Sid", "?")
+            if "NotAction" in s or "NotResource" in s:
+                out.append(f"{where}/{sid}: NotAction/NotResource grant more than they name")
             if s.get("Effect") != "Allow":
                 continue
-            for action in as_list(s.get("Action")):
-                if not isinstance(action, str) or action == "*" or action.endswith(":*"):
-                    out.append(f"{name}/{sid}: wildcard action {action!r}")
-            for res in as_list(s.get("Resource")):
-                if res == "*" and (name, sid) not in WILDCARD_ALLOWED:
-                    out.append(f"{name}/{sid}: Resource '*'")
+            actions = as_list(s.get("Action"))
+            for action in actions:
+                if not isinstance(action, str) or "*" in action:
+                    out.append(f"{where}/{sid}: wildcard action {action!r}")
+            if "*" in as_list(s.get("Resource")):
+                extra = [a for a in actions if a not in WILDCARD_ACTIONS]
+                if extra:
+                    out.append(f"{where}/{sid}: Resource '*' for {extra} (only {sorted(WILDCARD_ACTIONS)} may have it)")
+                needs = [a for a in actions if a in WILDCARD_NEEDS_VPC_CONDITION]
+                if needs and "ec2:Vpc" not in _condition_keys(s.get("Condition")):
+                    out.append(f"{where}/{sid}: {needs} on Resource '*' need a Condition on ec2:Vpc (the stack's VPC)")
+    return out
+
+
+# ------------------------------------------------------------------ rules: closed by default
+
+
+@rule
+def cognito_closed_by_default(t: Template) -> list[str]:
+    """By default: only admins create users, the user pool cannot be deleted, and callers without a role cannot submit high priority."""
+    out = []
+    for name, pool in resources(t, "AWS::Cognito::UserPool").items():
+        p = props(pool)
+        admin_only = evaluate(t, (p.get("AdminCreateUserConfig") or {}).get("AllowAdminCreateUserOnly", False))
+        if admin_only is not True:
+            out.append(f"{name}: self sign-up must be off by default (AdminCreateUserConfig.AllowAdminCreateUserOnly true)")
+        if evaluate(t, p.get("DeletionProtection", "INACTIVE")) != "ACTIVE":
+            out.append(f"{name}: DeletionProtection must be ACTIVE by default")
+    limits = [(n, env(t, fn).get("TASKQ_MAX_PRIORITY")) for n, fn in functions(t).items() if "TASKQ_MAX_PRIORITY" in env(t, fn)]
+    if not limits:
+        out.append("no function sets TASKQ_MAX_PRIORITY (without it every caller may submit high)")
+    for n, value in limits:
+        text = evaluate(t, value)
+        try:
+            table = json.loads(text)
+        except (TypeError, ValueError):
+            out.append(f"{n}: TASKQ_MAX_PRIORITY must default to a JSON object, not {text!r}")
+            continue
+        if table.get("default") not in ("normal", "low"):
+            out.append(f"{n}: TASKQ_MAX_PRIORITY's default lets callers without a role submit {table.get('default')!r} (normal at most)")
+    return out
+
+
+# Environment variables that may hold a resolved secret, and why: CloudFront's origin secret is
+# readable in the distribution's configuration anyway (see template.yaml, ApiFunction).
+ENV_SECRETS_ALLOWED = {ORIGIN_ENV}
+
+
+@rule
+def secrets_not_in_environment(t: Template) -> list[str]:
+    """No secret value in a function's configuration (but ENV_SECRETS_ALLOWED): functions get a secret's ARN and read it, on that secret only."""
+    out = []
+    secrets = resources(t, "AWS::SecretsManager::Secret")
+    for name, fn in functions(t).items():
+        variables = env(t, fn)
+        if "TASKQ_WEBHOOK_SECRET" in variables:
+            out.append(f"{name}: TASKQ_WEBHOOK_SECRET puts the signing secret in the configuration: pass TASKQ_WEBHOOK_SECRET_ARN")
+        for var, value in variables.items():
+            if "{{resolve:" in json.dumps(plain(value)) and var not in ENV_SECRETS_ALLOWED:
+                out.append(f"{name}: {var} resolves a secret into the environment (readable with lambda:GetFunctionConfiguration)")
+        named = {var: refs(v) & set(secrets) for var, v in variables.items() if var.endswith("_SECRET_ARN")}
+        stmts = statements(t, fn)
+        for var, ids in named.items():
+            if not ids:
+                out.append(f"{name}: {var} must be !Ref of a secret of the stack")
+            for sid in ids:
+                if not allows(stmts, "secretsmanager:GetSecretValue", {"Ref": sid}):
+                    out.append(f"{name}: {var} names {sid}, but its role may not read it (secretsmanager:GetSecretValue on !Ref {sid})")
+        readable = set().union(*named.values()) if named else set()
+        for s in stmts:
+            if s.get("Effect") == "Allow" and any(str(a).startswith("secretsmanager:") for a in as_list(s.get("Action"))):
+                for r in as_list(s.get("Resource")):
+                    if not (isinstance(r, dict) and r.get("Ref") in readable):
+                        out.append(f"{name}/{s.get('Sid', '?')}: Secrets Manager access only on the secrets its *_SECRET_ARN variables name, not {plain(r)!r}")
+    webhook = functions(t).get("WebhookFunction")
+    if webhook is not None and "TASKQ_WEBHOOK_SECRET_ARN" not in env(t, webhook):
+        out.append("WebhookFunction: TASKQ_WEBHOOK_SECRET_ARN must name the signing secret")
     return out
 
 

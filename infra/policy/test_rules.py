@@ -6,6 +6,9 @@ Run: .tools/venv/bin/python -m unittest discover -s infra/policy -v   (scripts/t
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
 import unittest
 
 import rules
@@ -21,6 +24,37 @@ def broken(mutate) -> dict:
 
 def res(t: dict, name: str) -> dict:
     return t["Resources"][name]["Properties"]
+
+
+def role_stmts(t: dict, role: str) -> list:
+    """The statement list of a role's (only) inline policy."""
+    return res(t, role)["Policies"][0]["PolicyDocument"]["Statement"]
+
+
+def stmt(t: dict, role: str, sid: str) -> dict:
+    """A role statement by Sid (the deployed branch of an Fn::If)."""
+    for s in role_stmts(t, role):
+        s = s["Fn::If"][1] if "Fn::If" in s else s
+        if s.get("Sid") == sid:
+            return s
+    raise KeyError(f"{role}/{sid}")
+
+
+def drop_stmt(t: dict, role: str, sid: str) -> None:
+    stmts = role_stmts(t, role)
+    stmts[:] = [s for s in stmts if (s["Fn::If"][1] if "Fn::If" in s else s).get("Sid") != sid]
+
+
+def waf_rule(t: dict, name: str) -> dict:
+    return next(r for r in res(t, "WebAcl")["Rules"] if r["Name"] == name)
+
+
+def api_origin(t: dict) -> dict:
+    return next(o for o in res(t, "Distribution")["DistributionConfig"]["Origins"] if o["Id"] == "api")
+
+
+def env_of(t: dict, fn: str) -> dict:
+    return res(t, fn)["Environment"]["Variables"]
 
 
 class TemplatePasses(unittest.TestCase):
@@ -68,6 +102,70 @@ class BuildProfile(unittest.TestCase):
         self.assertEqual(cargo["profile"]["release"].get("panic"), "unwind")
 
 
+SAM_PYTHON = rules.ROOT / ".tools/sam/bin/python"
+
+# Transforms a template (JSON on stdin) the way `sam deploy` has CloudFormation do it, offline.
+# The managed-policy map only turns policy *names* in Policies into ARNs; taskq uses none.
+TRANSFORM = r"""
+import json, sys
+from samtranslator.translator.transform import transform
+tpl = json.load(sys.stdin)
+for r in tpl["Resources"].values():
+    if r.get("Type") == "AWS::Serverless::Function":
+        r.setdefault("Properties", {})["CodeUri"] = "s3://bucket/key"
+class NoNames:
+    def load(self):
+        return {}
+json.dump(transform(tpl, {"AWS::Region": "us-east-1"}, NoNames()), sys.stdout)
+"""
+
+
+def sam_transform(t: dict) -> dict:
+    done = subprocess.run(
+        [str(SAM_PYTHON), "-c", TRANSFORM],
+        input=json.dumps(t),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "AWS_DEFAULT_REGION": "us-east-1"},
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"SAM transform failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
+
+def managed_policies_of_function_roles(cfn: dict) -> dict[str, list]:
+    """Role of each Lambda function in a transformed template -> its ManagedPolicyArns."""
+    out = {}
+    for name, r in cfn["Resources"].items():
+        if r["Type"] == "AWS::Lambda::Function":
+            role = rules.refs(r["Properties"]["Role"]).pop()
+            out[f"{name} ({role})"] = cfn["Resources"][role]["Properties"].get("ManagedPolicyArns", [])
+    return out
+
+
+@unittest.skipUnless(SAM_PYTHON.exists(), "needs .tools/sam (scripts/requirements-build.txt) for samtranslator")
+class SamTransform(unittest.TestCase):
+    """What SAM really generates, not what the rules infer: no function role gets a managed policy."""
+
+    def test_no_function_role_has_a_managed_policy(self):
+        attached = managed_policies_of_function_roles(sam_transform(TEMPLATE))
+        self.assertEqual(len(attached), len(rules.functions(TEMPLATE)))
+        self.assertEqual({k: v for k, v in attached.items() if v}, {})
+
+    def test_a_sam_event_and_generated_role_would_attach_them(self):
+        def mutate(t):
+            worker = res(t, "WorkerFunction")
+            worker.pop("Role")
+            worker["Events"] = {"Low": {"Type": "SQS", "Properties": {"Queue": {"Fn::GetAtt": ["LowQueue", "Arn"]}}}}
+            t["Resources"] = {k: v for k, v in t["Resources"].items() if not k.startswith("WorkerFunction") or k == "WorkerFunction"}
+
+        attached = managed_policies_of_function_roles(sam_transform(broken(mutate)))
+        worker = " ".join(next(v for k, v in attached.items() if k.startswith("WorkerFunction ")))
+        for policy in ("AWSLambdaBasicExecutionRole", "AWSXrayWriteOnlyAccess", "AWSLambdaSQSQueueExecutionRole"):
+            self.assertIn(policy, worker)
+
+
 class RulesCatchBrokenTemplates(unittest.TestCase):
     def assertCaught(self, rule: str, t: dict, fragment: str):
         problems = rules.RULES[rule](t)
@@ -102,20 +200,40 @@ class RulesCatchBrokenTemplates(unittest.TestCase):
         self.assertCaught("api_alias_provisioned_concurrency_autoscaling", t, "AutoPublishAlias")
 
     def test_worker_sqs_events__no_partial_failures(self):
-        t = broken(lambda t: res(t, "WorkerFunction")["Events"]["Low"]["Properties"].pop("FunctionResponseTypes"))
-        self.assertCaught("worker_sqs_events", t, "WorkerFunction.Low: FunctionResponseTypes")
+        t = broken(lambda t: res(t, "WorkerFunctionLow").pop("FunctionResponseTypes"))
+        self.assertCaught("worker_sqs_events", t, "WorkerFunctionLow: FunctionResponseTypes")
 
     def test_worker_sqs_events__hard_coded_concurrency(self):
-        t = broken(lambda t: res(t, "WorkerFunction")["Events"]["High"]["Properties"].__setitem__("ScalingConfig", {"MaximumConcurrency": 5}))
-        self.assertCaught("worker_sqs_events", t, "WorkerFunction.High: ScalingConfig.MaximumConcurrency")
+        t = broken(lambda t: res(t, "WorkerFunctionHigh").__setitem__("ScalingConfig", {"MaximumConcurrency": 5}))
+        self.assertCaught("worker_sqs_events", t, "WorkerFunctionHigh: ScalingConfig.MaximumConcurrency")
+
+    def test_worker_sqs_events__hard_coded_batch_size(self):
+        t = broken(lambda t: res(t, "WorkerFunctionNormal").__setitem__("BatchSize", 10))
+        self.assertCaught("worker_sqs_events", t, "WorkerFunctionNormal: BatchSize")
 
     def test_worker_sqs_events__queue_without_worker(self):
-        t = broken(lambda t: res(t, "WorkerFunction")["Events"].pop("Normal"))
+        t = broken(lambda t: t["Resources"].pop("WorkerFunctionNormal"))
         self.assertCaught("worker_sqs_events", t, "NormalQueue")
 
     def test_worker_sqs_events__inverted_weights(self):
         t = broken(lambda t: t["Parameters"]["LowMaxConcurrency"].__setitem__("Default", 50))
         self.assertCaught("worker_sqs_events", t, "below LowQueue's")
+
+    def test_event_sources_scoped__queue_not_readable(self):
+        t = broken(lambda t: drop_stmt(t, "WorkerFunctionRole", "ConsumeTasks"))
+        self.assertCaught("event_sources_scoped", t, "WorkerFunctionHigh: WorkerFunction's role must allow sqs:ReceiveMessage on HighQueue.Arn")
+
+    def test_event_sources_scoped__stream_only_on_star(self):
+        t = broken(lambda t: stmt(t, "WebhookFunctionRole", "ReadTaskStream").__setitem__("Resource", "*"))
+        self.assertCaught("event_sources_scoped", t, "WebhookFunction's role must allow dynamodb:GetRecords on TasksTable.StreamArn")
+
+    def test_event_sources_scoped__list_streams_missing(self):
+        t = broken(lambda t: drop_stmt(t, "StreamFunctionRole", "ListTaskStreams"))
+        self.assertCaught("event_sources_scoped", t, "StreamFunctionTaskChanges: StreamFunction's role must allow dynamodb:ListStreams")
+
+    def test_event_sources_scoped__condition_differs(self):
+        t = broken(lambda t: t["Resources"]["StreamFunctionTaskChanges"].pop("Condition"))
+        self.assertCaught("event_sources_scoped", t, "StreamFunctionTaskChanges: Condition None differs")
 
     # queues
     def test_queues_encrypted_and_sized__no_sse(self):
@@ -184,6 +302,14 @@ class RulesCatchBrokenTemplates(unittest.TestCase):
         t = broken(lambda t: res(t, "ApiFunction").pop("VpcConfig"))
         self.assertCaught("only_cache_users_in_vpc", t, "ApiFunction: uses the cache")
 
+    def test_only_cache_users_in_vpc__eni_rights_outside_vpc(self):
+        t = broken(lambda t: role_stmts(t, "WorkerFunctionRole").append(copy.deepcopy(stmt(t, "StreamFunctionRole", "VpcNetworkInterfaces"))))
+        self.assertCaught("only_cache_users_in_vpc", t, "WorkerFunction: is not in the VPC but its role may manage network interfaces")
+
+    def test_only_cache_users_in_vpc__vpc_without_eni_rights(self):
+        t = broken(lambda t: drop_stmt(t, "StreamFunctionRole", "VpcNetworkInterfaces"))
+        self.assertCaught("only_cache_users_in_vpc", t, "StreamFunction: is in the VPC but its role may not create network interfaces")
+
     # edge
     def test_cloudfront_https_and_origins__http_allowed(self):
         t = broken(
@@ -217,13 +343,90 @@ class RulesCatchBrokenTemplates(unittest.TestCase):
         t = broken(lambda t: res(t, "StaticBucket")["PublicAccessBlockConfiguration"].__setitem__("BlockPublicPolicy", False))
         self.assertCaught("cloudfront_https_and_origins", t, "public access must be blocked")
 
-    def test_cloudfront_https_and_origins__no_rate_rule(self):
-        t = broken(lambda t: res(t, "WebAcl").__setitem__("Rules", []))
-        self.assertCaught("cloudfront_https_and_origins", t, "rate-based rule")
+    def test_cloudfront_https_and_origins__no_web_acl(self):
+        t = broken(lambda t: res(t, "Distribution")["DistributionConfig"].pop("WebACLId"))
+        self.assertCaught("cloudfront_https_and_origins", t, "WebACLId")
 
     def test_cloudfront_https_and_origins__no_hsts(self):
         t = broken(lambda t: res(t, "SecurityHeaders")["ResponseHeadersPolicyConfig"]["SecurityHeadersConfig"].pop("StrictTransportSecurity"))
         self.assertCaught("cloudfront_https_and_origins", t, "StrictTransportSecurity")
+
+    def test_waf_on_by_default__off_by_default(self):
+        t = broken(lambda t: t["Parameters"]["EnableWaf"].__setitem__("Default", "false"))
+        self.assertCaught("waf_on_by_default", t, "WebAcl: must be created with the default parameters")
+
+    def test_waf_on_by_default__managed_group_missing(self):
+        t = broken(lambda t: res(t, "WebAcl")["Rules"].remove(waf_rule(t, "known-bad-inputs")))
+        self.assertCaught("waf_on_by_default", t, "AWSManagedRulesKnownBadInputsRuleSet missing")
+
+    def test_waf_on_by_default__group_only_counts(self):
+        t = broken(lambda t: waf_rule(t, "ip-reputation").__setitem__("OverrideAction", {"Count": {}}))
+        self.assertCaught("waf_on_by_default", t, "AWSManagedRulesAmazonIpReputationList must act")
+
+    def test_waf_on_by_default__large_bodies_blocked(self):
+        t = broken(lambda t: waf_rule(t, "common-rules")["Statement"]["ManagedRuleGroupStatement"].pop("RuleActionOverrides"))
+        self.assertCaught("waf_on_by_default", t, "SizeRestrictions_BODY must be overridden to Count")
+
+    def test_waf_on_by_default__common_rule_quietly_off(self):
+        def mutate(t):
+            g = waf_rule(t, "common-rules")["Statement"]["ManagedRuleGroupStatement"]
+            g["RuleActionOverrides"].append({"Name": "CrossSiteScripting_BODY", "ActionToUse": {"Count": {}}})
+
+        self.assertCaught("waf_on_by_default", broken(mutate), "CrossSiteScripting_BODY is overridden")
+
+    def test_waf_on_by_default__no_rate_rule(self):
+        def mutate(t):
+            res(t, "WebAcl")["Rules"] = [r for r in res(t, "WebAcl")["Rules"] if "RateBasedStatement" not in r["Statement"]]
+
+        self.assertCaught("waf_on_by_default", broken(mutate), "needs a rate-based rule")
+
+    def test_waf_on_by_default__rate_rule_counts_reads(self):
+        t = broken(lambda t: waf_rule(t, "writes-per-ip")["Statement"]["RateBasedStatement"].pop("ScopeDownStatement"))
+        self.assertCaught("waf_on_by_default", t, "must be scoped down")
+
+    def test_waf_on_by_default__no_logging(self):
+        t = broken(lambda t: t["Resources"].pop("WafLogging"))
+        self.assertCaught("waf_on_by_default", t, "no WAF logging")
+
+    def test_waf_on_by_default__log_group_name(self):
+        t = broken(lambda t: res(t, "WafLogs").__setitem__("LogGroupName", "/taskq/waf"))
+        self.assertCaught("waf_on_by_default", t, "WafLogs: WAF log group names must start with aws-waf-logs-")
+
+    def test_waf_on_by_default__logs_kept_forever(self):
+        t = broken(lambda t: res(t, "WafLogs").pop("RetentionInDays"))
+        self.assertCaught("waf_on_by_default", t, "WafLogs: needs RetentionInDays")
+
+    def test_waf_on_by_default__no_region_assertion(self):
+        t = broken(lambda t: t.pop("Rules"))
+        self.assertCaught("waf_on_by_default", t, "us-east-1")
+
+    def test_api_only_through_cloudfront__no_origin_header(self):
+        t = broken(lambda t: api_origin(t).pop("OriginCustomHeaders"))
+        self.assertCaught("api_only_through_cloudfront", t, "origin api: OriginCustomHeaders must send X-Taskq-Origin-Verify")
+
+    def test_api_only_through_cloudfront__literal_header(self):
+        t = broken(lambda t: api_origin(t)["OriginCustomHeaders"][0].__setitem__("HeaderValue", "hunter2"))
+        self.assertCaught("api_only_through_cloudfront", t, "OriginCustomHeaders must send X-Taskq-Origin-Verify from a secret")
+
+    def test_api_only_through_cloudfront__no_env(self):
+        t = broken(lambda t: env_of(t, "ApiFunction").pop("TASKQ_ORIGIN_VERIFY"))
+        self.assertCaught("api_only_through_cloudfront", t, "ApiFunction: environment variable TASKQ_ORIGIN_VERIFY")
+
+    def test_api_only_through_cloudfront__different_secrets(self):
+        t = broken(
+            lambda t: env_of(t, "ApiFunction").__setitem__(
+                "TASKQ_ORIGIN_VERIFY", {"Fn::Sub": "{{resolve:secretsmanager:${WebhookSecret}:SecretString}}"}
+            )
+        )
+        self.assertCaught("api_only_through_cloudfront", t, "reads WebhookSecret, but CloudFront sends ['OriginVerifySecret']")
+
+    def test_api_only_through_cloudfront__short_secret(self):
+        t = broken(lambda t: res(t, "OriginVerifySecret")["GenerateSecretString"].__setitem__("PasswordLength", 16))
+        self.assertCaught("api_only_through_cloudfront", t, "OriginVerifySecret: at least 32 characters")
+
+    def test_api_only_through_cloudfront__api_url_invites_direct_calls(self):
+        t = broken(lambda t: t["Outputs"]["ApiUrl"].__setitem__("Description", "Base URL of the HTTP API (direct)"))
+        self.assertCaught("api_only_through_cloudfront", t, "output ApiUrl")
 
     # observability
     def test_alarms_cover_the_failure_modes__no_dlq_alarm(self):
@@ -254,28 +457,110 @@ class RulesCatchBrokenTemplates(unittest.TestCase):
 
     # IAM
     def test_least_privilege__star_resource(self):
-        def widen(t):
-            res(t, "WorkerFunction")["Policies"][0]["Statement"][0]["Resource"] = "*"
+        t = broken(lambda t: stmt(t, "WorkerFunctionRole", "TaskStateChanges").__setitem__("Resource", "*"))
+        self.assertCaught("least_privilege", t, "WorkerFunctionRole/TaskStateChanges: Resource '*' for ['dynamodb:UpdateItem', 'dynamodb:GetItem']")
 
-        self.assertCaught("least_privilege", broken(widen), "WorkerFunction/TaskStateChanges: Resource '*'")
+    def test_least_privilege__star_beside_an_allowed_action(self):
+        t = broken(lambda t: stmt(t, "SweeperFunctionRole", "Tracing")["Action"].append("sqs:SendMessage"))
+        self.assertCaught("least_privilege", t, "SweeperFunctionRole/Tracing: Resource '*' for ['sqs:SendMessage']")
 
     def test_least_privilege__wildcard_action(self):
-        def widen(t):
-            res(t, "SweeperFunction")["Policies"][0]["Statement"][2]["Action"] = "sqs:*"
-
-        self.assertCaught("least_privilege", broken(widen), "SweeperFunction/Resend: wildcard action")
+        t = broken(lambda t: stmt(t, "SweeperFunctionRole", "Resend").__setitem__("Action", "sqs:*"))
+        self.assertCaught("least_privilege", t, "SweeperFunctionRole/Resend: wildcard action")
 
     def test_least_privilege__star_in_conditional_statement(self):
-        def widen(t):
-            stmts = res(t, "ApiFunction")["Policies"][0]["Statement"]
-            conditional = next(s for s in stmts if "Fn::If" in s)
-            conditional["Fn::If"][1]["Resource"] = "*"
+        t = broken(lambda t: stmt(t, "ApiFunctionRole", "DescribeCache").__setitem__("Resource", "*"))
+        self.assertCaught("least_privilege", t, "ApiFunctionRole/DescribeCache: Resource '*'")
 
-        self.assertCaught("least_privilege", broken(widen), "ApiFunction/DescribeCache: Resource '*'")
+    def test_least_privilege__eni_rights_without_vpc_condition(self):
+        t = broken(lambda t: stmt(t, "StreamFunctionRole", "VpcNetworkInterfaces").pop("Condition"))
+        self.assertCaught("least_privilege", t, "StreamFunctionRole/VpcNetworkInterfaces: ['ec2:CreateNetworkInterface'")
 
     def test_least_privilege__full_access_policy(self):
-        t = broken(lambda t: res(t, "WorkerFunction")["Policies"].append("AmazonDynamoDBFullAccess"))
-        self.assertCaught("least_privilege", t, "AmazonDynamoDBFullAccess")
+        t = broken(lambda t: res(t, "WorkerFunctionRole").__setitem__("ManagedPolicyArns", ["arn:aws:iam::aws:policy/AmazonDynamoDBFullAccess"]))
+        self.assertCaught("least_privilege", t, "WorkerFunctionRole: managed policy arn:aws:iam::aws:policy/AmazonDynamoDBFullAccess")
+
+    def test_least_privilege__generated_role(self):
+        t = broken(lambda t: res(t, "SweeperFunction").pop("Role"))
+        self.assertCaught("least_privilege", t, "SweeperFunction: needs Role")
+
+    def test_least_privilege__sam_sqs_event(self):
+        def mutate(t):
+            res(t, "WorkerFunction")["Events"] = {"Low": {"Type": "SQS", "Properties": {"Queue": {"Fn::GetAtt": ["LowQueue", "Arn"]}}}}
+
+        self.assertCaught("least_privilege", broken(mutate), "WorkerFunction.Low: a SAM SQS event (SAM attaches AWSLambdaSQSQueueExecutionRole")
+
+    def test_least_privilege__sam_dynamodb_event(self):
+        def mutate(t):
+            res(t, "WebhookFunction")["Events"] = {
+                "FinishedTasks": {
+                    "Type": "DynamoDB",
+                    "Properties": {"Stream": {"Fn::GetAtt": ["TasksTable", "StreamArn"]}, "StartingPosition": "LATEST"},
+                }
+            }
+
+        self.assertCaught("least_privilege", broken(mutate), "AWSLambdaDynamoDBExecutionRole")
+
+    def test_least_privilege__sam_policies(self):
+        t = broken(lambda t: res(t, "SweeperFunction").__setitem__("Policies", ["AWSLambdaBasicExecutionRole"]))
+        self.assertCaught("least_privilege", t, "SweeperFunction: Policies")
+
+    # closed by default
+    def test_cognito_closed_by_default__self_sign_up_by_default(self):
+        t = broken(lambda t: t["Parameters"]["AllowSelfSignUp"].__setitem__("Default", "true"))
+        self.assertCaught("cognito_closed_by_default", t, "UserPool: self sign-up must be off by default")
+
+    def test_cognito_closed_by_default__sign_up_config_missing(self):
+        t = broken(lambda t: res(t, "UserPool").pop("AdminCreateUserConfig"))
+        self.assertCaught("cognito_closed_by_default", t, "UserPool: self sign-up must be off by default")
+
+    def test_cognito_closed_by_default__no_deletion_protection(self):
+        t = broken(lambda t: res(t, "UserPool").pop("DeletionProtection"))
+        self.assertCaught("cognito_closed_by_default", t, "UserPool: DeletionProtection")
+
+    def test_cognito_closed_by_default__deletion_protection_off_by_default(self):
+        t = broken(lambda t: t["Parameters"]["UserPoolDeletionProtection"].__setitem__("Default", "INACTIVE"))
+        self.assertCaught("cognito_closed_by_default", t, "UserPool: DeletionProtection")
+
+    def test_cognito_closed_by_default__default_role_submits_high(self):
+        t = broken(lambda t: t["Parameters"]["MaxPriority"].__setitem__("Default", '{"default":"high"}'))
+        self.assertCaught("cognito_closed_by_default", t, "ApiFunction: TASKQ_MAX_PRIORITY's default lets callers without a role submit 'high'")
+
+    def test_cognito_closed_by_default__no_default_entry(self):
+        t = broken(lambda t: t["Parameters"]["MaxPriority"].__setitem__("Default", '{"admin":"high"}'))
+        self.assertCaught("cognito_closed_by_default", t, "submit None")
+
+    def test_secrets_not_in_environment__webhook_secret_in_env(self):
+        t = broken(
+            lambda t: env_of(t, "WebhookFunction").__setitem__(
+                "TASKQ_WEBHOOK_SECRET", {"Fn::Sub": "{{resolve:secretsmanager:${WebhookSecret}:SecretString}}"}
+            )
+        )
+        self.assertCaught("secrets_not_in_environment", t, "WebhookFunction: TASKQ_WEBHOOK_SECRET puts the signing secret")
+
+    def test_secrets_not_in_environment__secret_resolved_into_env(self):
+        t = broken(
+            lambda t: env_of(t, "SweeperFunction").__setitem__(
+                "TASKQ_SIGNING_KEY", {"Fn::Sub": "{{resolve:secretsmanager:${WebhookSecret}:SecretString}}"}
+            )
+        )
+        self.assertCaught("secrets_not_in_environment", t, "SweeperFunction: TASKQ_SIGNING_KEY resolves a secret")
+
+    def test_secrets_not_in_environment__arn_missing(self):
+        t = broken(lambda t: env_of(t, "WebhookFunction").pop("TASKQ_WEBHOOK_SECRET_ARN"))
+        self.assertCaught("secrets_not_in_environment", t, "TASKQ_WEBHOOK_SECRET_ARN must name")
+
+    def test_secrets_not_in_environment__secret_not_readable(self):
+        t = broken(lambda t: drop_stmt(t, "WebhookFunctionRole", "ReadSigningSecret"))
+        self.assertCaught("secrets_not_in_environment", t, "names WebhookSecret, but its role may not read it")
+
+    def test_secrets_not_in_environment__reads_any_secret(self):
+        t = broken(lambda t: stmt(t, "WebhookFunctionRole", "ReadSigningSecret").__setitem__("Resource", "*"))
+        self.assertCaught("secrets_not_in_environment", t, "WebhookFunction/ReadSigningSecret: Secrets Manager access only")
+
+    def test_secrets_not_in_environment__reads_the_origin_secret(self):
+        t = broken(lambda t: stmt(t, "WebhookFunctionRole", "ReadSigningSecret").__setitem__("Resource", [{"Ref": "WebhookSecret"}, {"Ref": "OriginVerifySecret"}]))
+        self.assertCaught("secrets_not_in_environment", t, "not {'Ref': 'OriginVerifySecret'}")
 
     # API, parameters, outputs
     def test_api_auth_throttling_logs__public_route(self):

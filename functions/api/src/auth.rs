@@ -91,13 +91,30 @@ impl Authenticator {
     }
 }
 
-fn caller(user_id: String, mut roles: Vec<String>) -> Result<Caller, ApiError> {
-    if user_id.is_empty() || user_id.len() > 256 {
-        return Err(ApiError::Unauthorized("the sub claim must be 1-256 characters".into()));
+/// The longest `sub` taken at all (longer ones are refused, not hashed: no identity provider
+/// issues them, and a bound keeps the hashing cheap).
+const MAX_SUB_BYTES: usize = 1024;
+
+/// The one place a `sub` becomes a user id (see [`taskq_core::identity`]): kept as it is when
+/// SQS, DynamoDB, Redis and the logs can all take it raw, else replaced by `~` and its SHA-256.
+fn caller(sub: String, mut roles: Vec<String>) -> Result<Caller, ApiError> {
+    if sub.len() > MAX_SUB_BYTES {
+        return Err(ApiError::Unauthorized(format!(
+            "the sub claim is longer than {MAX_SUB_BYTES} bytes"
+        )));
     }
+    let user_id = taskq_core::identity::user_id_from_sub(&sub, sha256)
+        .ok_or_else(|| ApiError::Unauthorized("the sub claim is empty".into()))?;
     roles.sort();
     roles.dedup();
     Ok(Caller { user_id, roles })
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 /// Roles from a claim: a JSON array, or the string form API Gateway's authorizer gives array
@@ -177,5 +194,33 @@ mod tests {
         );
         assert!(auth.verify(&mint("other", "alice", &[], 60).unwrap()).is_err());
         assert!(auth.verify(&format!("{t}x")).is_err());
+    }
+
+    #[test]
+    fn subs_that_sqs_would_refuse_become_derived_ids() {
+        let auth = Authenticator::new(Some("s3cret"), None, None);
+        let id = |sub: &str| auth.verify(&mint("s3cret", sub, &[], 60).unwrap()).map(|c| c.user_id);
+        assert_eq!(id("a#b/c").unwrap(), "a#b/c");
+        let long = "x".repeat(129);
+        for sub in [long.as_str(), "with space", "héllo", "~x"] {
+            let derived = id(sub).unwrap();
+            assert!(derived.starts_with('~') && derived.len() == 65, "{sub}: {derived}");
+            assert!(taskq_core::identity::check_message_group_id(&derived).is_ok());
+            assert_eq!(id(sub).unwrap(), derived, "deterministic");
+        }
+        assert_ne!(id("with space").unwrap(), id("with  space").unwrap());
+        // Known answer: SHA-256("with space").
+        assert_eq!(
+            id("with space").unwrap(),
+            "~b8b8f25a5fc711caea1cfebfe02359e3ce2b9a8f9ce02d18fdcb1ba47ff095f1"
+        );
+        assert!(matches!(id(""), Err(ApiError::Unauthorized(_))));
+        assert!(matches!(id(&"y".repeat(1025)), Err(ApiError::Unauthorized(_))));
+        // API Gateway's claims go through the same rule.
+        let claims = HashMap::from([("sub".to_owned(), "with space".to_owned())]);
+        assert_eq!(
+            Authenticator::from_authorizer(&claims).unwrap().user_id,
+            id("with space").unwrap()
+        );
     }
 }

@@ -121,6 +121,12 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound => ApiError::NotFound,
             ServiceError::Conflict(c) => ApiError::Conflict(c.to_string()),
             ServiceError::IdempotencyMismatch => ApiError::IdempotencyMismatch,
+            // The queue refused the message itself: retrying will not help, so no 503. Input
+            // cannot cause this (identities are checked at the edge); it is a bug, logged.
+            ServiceError::NotEnqueued(id, cause @ taskq_core::QueueError::Invalid(_)) => {
+                tracing::error!(task_id = %id, error = %cause, "task stored but its message was refused by the queue");
+                ApiError::Internal
+            }
             ServiceError::NotEnqueued(id, cause) => {
                 tracing::error!(task_id = %id, error = %cause, cause = ?std::error::Error::source(&cause), "task stored but not enqueued");
                 ApiError::Unavailable {

@@ -7,6 +7,7 @@ pub mod error;
 mod etag;
 mod limit;
 mod observe;
+pub mod origin;
 mod routes;
 mod state;
 

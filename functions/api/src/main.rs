@@ -33,6 +33,10 @@ async fn main() -> Result<(), lambda_http::Error> {
         None => local,
     };
     let mut state = AppState::new(service, authenticator).with_limits(policy, limiter);
+    // Set by the template: only requests that came through CloudFront are served.
+    if let Some(secret) = std::env::var("TASKQ_ORIGIN_VERIFY").ok().filter(|s| !s.is_empty()) {
+        state = state.with_origin_secret(secret);
+    }
     if let Some(info) = taskq_aws::elasticache::ElastiCacheDescriber::from_env(&sdk) {
         state = state.with_cache_info(Arc::new(info));
     }

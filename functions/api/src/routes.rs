@@ -19,7 +19,7 @@ use taskq_core::{FieldError, ListQuery, NewTask, Priority, Status, Submitted, Ta
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{body, etag, limit, observe, OPENAPI};
+use crate::{body, etag, limit, observe, origin, OPENAPI};
 
 pub fn router(state: AppState) -> Router {
     // Authenticated routes go through the rate limiter; `route_layer` keeps unknown paths 404.
@@ -41,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("this route does not accept this method".into())
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), origin::require))
         .with_state(state)
         .layer(axum::middleware::from_fn(observe::request_span))
 }

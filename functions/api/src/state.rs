@@ -18,6 +18,8 @@ pub struct AppState {
     pub cache_info: Option<Arc<dyn CacheDescriber>>,
     /// What submissions may contain beyond the defaults (loopback callbacks, for local use).
     pub submit_rules: SubmitRules,
+    /// When set, every request must carry it in `X-Taskq-Origin-Verify` (see [`crate::origin`]).
+    pub origin_secret: Option<Arc<str>>,
 }
 
 impl AppState {
@@ -30,6 +32,7 @@ impl AppState {
             limiter: Arc::new(MemoryRateLimiter::new()),
             cache_info: None,
             submit_rules: SubmitRules::default(),
+            origin_secret: None,
         }
     }
 
@@ -41,6 +44,12 @@ impl AppState {
 
     pub fn with_submit_rules(mut self, rules: SubmitRules) -> Self {
         self.submit_rules = rules;
+        self
+    }
+
+    /// Requires CloudFront's origin secret on every request (`TASKQ_ORIGIN_VERIFY`).
+    pub fn with_origin_secret(mut self, secret: impl Into<Arc<str>>) -> Self {
+        self.origin_secret = Some(secret.into());
         self
     }
 

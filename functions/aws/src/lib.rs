@@ -11,6 +11,7 @@ pub mod elasticache;
 pub mod emf;
 mod item;
 pub mod redis_cache;
+pub mod secrets;
 mod sqs;
 pub mod telemetry;
 pub mod testing;

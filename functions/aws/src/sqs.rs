@@ -153,23 +153,70 @@ fn secs(d: Duration) -> i32 {
     d.as_secs_f64().ceil() as i32
 }
 
+/// SQS's codes for a request it refuses as malformed (its awsQueryCompatible codes, which the
+/// SDK reports). None of them is cured by retrying, and none means the queue is down.
+const PARAMETER_ERRORS: &[&str] = &[
+    "InvalidParameterValue",
+    "MissingParameter",
+    "InvalidMessageContents",
+    "InvalidAttributeName",
+    "InvalidAttributeValue",
+    "InvalidParameterCombination",
+    "InvalidBatchEntryId",
+    "BatchEntryIdsNotDistinct",
+    "BatchRequestTooLong",
+    "EmptyBatchRequest",
+    "TooManyEntriesInBatchRequest",
+    "ValidationError",
+];
+
+fn invalid<E: ProvideErrorMetadata>(e: &E) -> QueueError {
+    QueueError::Invalid(format!(
+        "{}: {}",
+        e.code().unwrap_or("unknown"),
+        e.message().unwrap_or_default()
+    ))
+}
+
+/// For every request but those that carry a receipt handle.
 fn queue_error<E, R>(e: SdkError<E, R>) -> QueueError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
     match e.code() {
-        Some("ReceiptHandleIsInvalid" | "InvalidParameterValue" | "AWS.SimpleQueueService.MessageNotInflight") => {
-            QueueError::InvalidReceipt
-        }
+        Some(code) if PARAMETER_ERRORS.contains(&code) => invalid(&e),
         _ => QueueError::Unavailable(Box::new(e)),
     }
+}
+
+/// For DeleteMessage and ChangeMessageVisibility: SQS answers an expired or stale receipt
+/// handle with `InvalidParameterValue` (naming `ReceiptHandle`) as well as with its own codes.
+fn receipt_error<E, R>(e: SdkError<E, R>) -> QueueError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match e.code() {
+        Some("ReceiptHandleIsInvalid" | "AWS.SimpleQueueService.MessageNotInflight") => QueueError::InvalidReceipt,
+        Some("InvalidParameterValue") if e.message().is_none_or(|m| m.to_ascii_lowercase().contains("receipt")) => {
+            QueueError::InvalidReceipt
+        }
+        _ => queue_error(e),
+    }
+}
+
+/// What SendMessage would refuse for a message, checked before sending: SQS's `MessageGroupId`
+/// rule (moto does not enforce it; SQS does), so every backend refuses the same messages.
+fn check_message(m: &TaskMessage) -> Result<(), QueueError> {
+    taskq_core::identity::check_message_group_id(&m.user_id).map_err(QueueError::Invalid)
 }
 
 #[async_trait]
 impl TaskQueue for SqsTaskQueue {
     #[instrument(skip_all, fields(task_id = %message.task_id), err(Debug))]
     async fn send(&self, message: &TaskMessage, delay: Duration) -> Result<(), QueueError> {
+        check_message(message)?;
         self.client
             .send_message()
             .queue_url(self.urls.url(message.priority))
@@ -196,7 +243,7 @@ impl TaskQueue for SqsTaskQueue {
                 let mut entries = Vec::with_capacity(chunk.len());
                 for &i in chunk {
                     let (m, delay) = &messages[i];
-                    let entry = body(m).and_then(|b| {
+                    let entry = check_message(m).and_then(|()| body(m)).and_then(|b| {
                         SendMessageBatchRequestEntry::builder()
                             .id(i.to_string())
                             .message_body(b)
@@ -222,17 +269,22 @@ impl TaskQueue for SqsTaskQueue {
                     Ok(out) => {
                         for failed in out.failed {
                             if let Ok(i) = failed.id.parse::<usize>() {
-                                results[i] = Err(QueueError::Unavailable(
-                                    format!("{}: {}", failed.code, failed.message.unwrap_or_default()).into(),
-                                ));
+                                let text = format!("{}: {}", failed.code, failed.message.unwrap_or_default());
+                                results[i] = Err(if failed.sender_fault {
+                                    QueueError::Invalid(text)
+                                } else {
+                                    QueueError::Unavailable(text.into())
+                                });
                             }
                         }
                     }
                     Err(e) => {
                         let e = queue_error(e);
-                        let text = e.to_string();
                         for &i in chunk {
-                            results[i] = Err(QueueError::Unavailable(text.clone().into()));
+                            results[i] = Err(match &e {
+                                QueueError::Invalid(text) => QueueError::Invalid(text.clone()),
+                                other => QueueError::Unavailable(other.to_string().into()),
+                            });
                         }
                     }
                 }
@@ -250,7 +302,7 @@ impl TaskQueue for SqsTaskQueue {
             .visibility_timeout(secs(timeout.min(MAX_VISIBILITY)))
             .send()
             .await
-            .map_err(queue_error)?;
+            .map_err(receipt_error)?;
         Ok(())
     }
 
@@ -265,7 +317,7 @@ impl TaskQueue for SqsTaskQueue {
             .receipt_handle(receipt)
             .send()
             .await
-            .map_err(queue_error)?;
+            .map_err(receipt_error)?;
         Ok(())
     }
 
@@ -296,7 +348,7 @@ impl TaskQueue for SqsTaskQueue {
                 .visibility_timeout(0)
                 .send()
                 .await
-                .map_err(queue_error)?;
+                .map_err(receipt_error)?;
         }
         Ok(())
     }
@@ -333,7 +385,7 @@ impl TaskQueue for SqsTaskQueue {
                         .receipt_handle(&d.receipt)
                         .send()
                         .await
-                        .map_err(queue_error)?;
+                        .map_err(receipt_error)?;
                 }
                 Ok(RedrivePath::ReceiveAndSend)
             }

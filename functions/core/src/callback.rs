@@ -107,6 +107,8 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || (a == 192 && b == 0 && c == 0)
         // 198.18.0.0/15: benchmarking.
         || (a == 198 && (b == 18 || b == 19))
+        // 192.88.99.0/24: the deprecated 6to4 relay anycast.
+        || (a == 192 && b == 88 && c == 99)
         // 240.0.0.0/4: reserved.
         || a >= 240)
 }
@@ -121,6 +123,10 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         let [_, _, _, _, _, _, hi, lo] = s;
         return is_public_v4(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
     }
+    // 2002::/16 (6to4) embeds an IPv4 address in its next 32 bits: judge that address.
+    if s[0] == 0x2002 {
+        return is_public_v4(Ipv4Addr::from((u32::from(s[1]) << 16) | u32::from(s[2])));
+    }
     !(ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
@@ -130,6 +136,10 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (s[0] & 0xffc0) == 0xfec0
         // 2001:db8::/32: documentation.
         || (s[0] == 0x2001 && s[1] == 0xdb8)
+        // 2001::/32: Teredo (tunnels to an embedded, possibly private, IPv4 address).
+        || (s[0] == 0x2001 && s[1] == 0)
+        // 100::/64: discard-only.
+        || (s[..4] == [0x100, 0, 0, 0])
         // ::/96 IPv4-compatible (deprecated) and other addresses under ::/8.
         || s[0] == 0)
 }
@@ -212,6 +222,7 @@ mod tests {
             "2606:4700::1111",
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
+            "2002:808:808::1",
         ] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
@@ -230,6 +241,13 @@ mod tests {
             "2001:db8::1",
             "::ffff:10.0.0.1",
             "::127.0.0.1",
+            "fd00:ec2::254",
+            "2002:7f00:1::1",
+            "2002:a00:1::1",
+            "2001:0:4136:e378::1",
+            "100::1",
+            "192.88.99.1",
+            "100.127.255.255",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod cache;
 pub mod callback;
 pub mod faults;
+pub mod identity;
 pub mod limits;
 pub mod memory;
 pub mod metrics;

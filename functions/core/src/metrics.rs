@@ -81,9 +81,45 @@ pub fn enabled() -> bool {
     SINK.get().is_some()
 }
 
+/// The `type` dimension of task types not registered as known: a task's type is chosen by
+/// whoever submits it, and a dimension per chosen value would be a new metric per value (each
+/// billed, and unbounded).
+pub const OTHER_TYPE: &str = "other";
+
+/// The types a metric may name; every other type is [`OTHER_TYPE`]. Until set: the built-in
+/// types ([`crate::task::BUILTIN_TYPES`]).
+static KNOWN_TYPES: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Sets the known types (the worker: its registry's). The first call wins; returns false if
+/// they were set already.
+pub fn set_known_types<I, S>(types: I) -> bool
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    KNOWN_TYPES.set(types.into_iter().map(Into::into).collect()).is_ok()
+}
+
+/// `task_type` when it is known, else [`OTHER_TYPE`].
+pub fn type_dimension(task_type: &str) -> &str {
+    let known = match KNOWN_TYPES.get() {
+        Some(types) => types.iter().any(|t| t == task_type),
+        None => crate::task::BUILTIN_TYPES.contains(&task_type),
+    };
+    if known {
+        task_type
+    } else {
+        OTHER_TYPE
+    }
+}
+
+/// Hands `metric` to the sink, its type bounded by [`type_dimension`].
 pub fn task_metric(metric: TaskMetric<'_>) {
     if let Some(sink) = SINK.get() {
-        sink.task(&metric);
+        sink.task(&TaskMetric {
+            task_type: type_dimension(metric.task_type),
+            ..metric
+        });
     }
 }
 
@@ -163,4 +199,20 @@ pub fn record(counter: Counter, task: &crate::task::Task, timing: Option<(Timing
         task_id: task.id,
         timing,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_known_types_become_dimensions() {
+        // KNOWN_TYPES is not set in this test binary: the built-in types are known.
+        for t in crate::task::BUILTIN_TYPES {
+            assert_eq!(type_dimension(t), *t);
+        }
+        for t in ["user-chosen-1", "invoice.send", "x".repeat(64).as_str()] {
+            assert_eq!(type_dimension(t), OTHER_TYPE);
+        }
+    }
 }

@@ -31,6 +31,10 @@ pub enum StoreError {
 pub enum QueueError {
     #[error("receipt handle is not valid (message deleted or received again)")]
     InvalidReceipt,
+    /// The queue refused the request's parameters (SQS `InvalidParameterValue` and the like):
+    /// a bug or a misconfiguration, never cured by retrying, and never a sign the queue is down.
+    #[error("the queue refused the request as invalid: {0}")]
+    Invalid(String),
     #[error("the queue failed")]
     Unavailable(#[source] Cause),
 }

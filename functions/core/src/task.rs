@@ -50,6 +50,10 @@ impl FromStr for TaskId {
     }
 }
 
+/// The task types every worker has (`taskq-worker`'s built-in handlers); metrics name only
+/// known types (see [`crate::metrics::type_dimension`]).
+pub const BUILTIN_TYPES: &[&str] = &["echo", "sleep", "fail", "webhook"];
+
 /// A task type: 1-64 characters of `[a-z0-9_.-]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]

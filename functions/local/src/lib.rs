@@ -21,8 +21,9 @@ use taskq_core::memory::{MemoryRateLimiter, MemoryStatusCache};
 pub use taskq_core::rate::RolePolicy;
 use taskq_core::{SubmitRules, TaskQueue, TaskService, TaskStore};
 pub use taskq_sweeper::{Sweeper, SweeperConfig};
+pub use taskq_webhook::Network;
 pub use taskq_webhook::RetryPolicy as WebhookRetryPolicy;
-use taskq_webhook::{Deliverer, Network, Webhooks};
+use taskq_webhook::{Deliverer, Webhooks};
 use taskq_worker::{Registry, Worker, WorkerConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -47,7 +48,8 @@ pub struct LocalOptions {
     pub event_sources: EventSourceConfig,
     /// Run the emulated event source mappings (off: the API only).
     pub workers: bool,
-    pub registry: Registry,
+    /// Task handlers; `None`: the built-in types, `webhook` reaching what `outbound` allows.
+    pub registry: Option<Registry>,
     /// Run the sweeper this often (`None`: never).
     pub sweep_every: Option<std::time::Duration>,
     pub sweeper: SweeperConfig,
@@ -57,8 +59,14 @@ pub struct LocalOptions {
     pub policy: RolePolicy,
     /// Status cache and rate limiter in Redis, as in AWS (`None`: both in this process).
     pub redis: Option<RedisSettings>,
-    /// Accept (and deliver to) loopback callback URLs, http included: local receivers.
+    /// Accept loopback callback URLs at submission, http included: local receivers.
     pub callback: CallbackRules,
+    /// What completion webhooks and `webhook` tasks may connect to: public addresses only unless
+    /// told otherwise (`TASKQ_CALLBACK_ALLOW_LOOPBACK_HTTP=true` allows loopback for both).
+    pub outbound: Network,
+    /// How outbound requests resolve host names (`None`: the system resolver). Tests use it
+    /// to make a public-looking name resolve to loopback.
+    pub lookup: Option<Arc<dyn taskq_outbound::Lookup>>,
     /// The secret completion webhooks are signed with.
     pub webhook_secret: String,
     pub webhook_retry: WebhookRetryPolicy,
@@ -77,13 +85,15 @@ impl LocalOptions {
             worker: WorkerConfig::default(),
             event_sources: EventSourceConfig::default(),
             workers: true,
-            registry: Registry::with_builtins(),
+            registry: None,
             sweep_every: Some(std::time::Duration::from_secs(60)),
             sweeper: SweeperConfig::default(),
             faults: None,
             policy: RolePolicy::default(),
             redis: None,
             callback: CallbackRules::default(),
+            outbound: Network::PublicOnly,
+            lookup: None,
             webhook_secret: DEV_WEBHOOK_SECRET.to_owned(),
             webhook_retry: WebhookRetryPolicy::default(),
         }
@@ -161,13 +171,14 @@ pub async fn start(options: LocalOptions) -> std::io::Result<LocalServer> {
     let (changes, feed) = tokio::sync::mpsc::unbounded_channel();
     let refreshing = Arc::new(RefreshingStore::new(store, layer.clone()).with_changes(changes));
     let store: Arc<dyn TaskStore> = refreshing.clone();
-    let network = if options.callback.allow_loopback {
-        Network::AllowLoopback
-    } else {
-        Network::PublicOnly
-    };
-    let deliverer = Deliverer::new(options.webhook_secret.into_bytes(), options.webhook_retry, network)
-        .map_err(std::io::Error::other)?;
+    let lookup = options.lookup.unwrap_or_else(|| Arc::new(taskq_outbound::SystemLookup));
+    let deliverer = Deliverer::with_lookup(
+        options.webhook_secret.into_bytes(),
+        options.webhook_retry,
+        options.outbound.clone(),
+        lookup.clone(),
+    )
+    .map_err(std::io::Error::other)?;
     let webhooks = Webhooks::new(deliverer, store.clone());
     let state = AppState::new(
         TaskService::new(store.clone(), queue.clone()).with_cache(layer),
@@ -195,7 +206,12 @@ pub async fn start(options: LocalOptions) -> std::io::Result<LocalServer> {
         tokio::spawn(taskq_webhook::run_feed(feed, webhooks)),
     ];
     if options.workers {
-        let worker = Worker::new(store.clone(), queue.clone(), options.registry, options.worker);
+        let registry = options.registry.unwrap_or_else(|| {
+            let policy = taskq_worker::builtin::Webhook::policy(options.outbound.clone());
+            let outbound = taskq_outbound::Outbound::with_lookup(policy, lookup);
+            Registry::with_builtins_using(taskq_worker::builtin::Webhook::with_outbound(outbound))
+        });
+        let worker = Worker::new(store.clone(), queue.clone(), registry, options.worker);
         tasks.extend(esm::spawn(worker, queue.clone(), &options.event_sources));
     }
     if let Some(every) = options.sweep_every {

@@ -38,7 +38,9 @@ ENVIRONMENT:
     TASKQ_WEBHOOK_SECRET  secret completion webhooks are signed with (default: a fixed dev secret,
                           printed at start)
     TASKQ_CALLBACK_ALLOW_LOOPBACK_HTTP=true   accept callback_url http(s)://127.0.0.1|localhost|[::1]
-                          (local receivers); never set this where the API is reachable by others
+                          and let completion webhooks and webhook tasks reach loopback (local
+                          receivers; off by default: public addresses only); never set this where
+                          the API is reachable by others
     RUST_LOG              log filter (default info)
 ";
 
@@ -132,6 +134,9 @@ async fn serve(mut args: Args) -> Result<(), String> {
             ))
         }
     };
+    if options.callback.allow_loopback {
+        options.outbound = taskq_local::Network::AllowLoopback;
+    }
     let webhook_secret = std::env::var("TASKQ_WEBHOOK_SECRET").ok().filter(|s| !s.is_empty());
     let webhook_secret_is_dev = webhook_secret.is_none();
     options.webhook_secret = webhook_secret.unwrap_or_else(|| taskq_local::DEV_WEBHOOK_SECRET.to_owned());

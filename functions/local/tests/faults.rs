@@ -87,7 +87,7 @@ fn options(backend: Backend, runs: &Runs, send_delay_max: Duration) -> LocalOpti
     // These tests drive load through one user; rate limits have tests of their own.
     o.policy =
         taskq_local::RolePolicy::parse(Some(r#"{"default":{"per_second":100000,"burst":100000}}"#), None).unwrap();
-    o.registry = registry(runs);
+    o.registry = Some(registry(runs));
     o.faults = Some(plan(send_delay_max));
     o.worker = WorkerConfig {
         retry_base: Duration::from_millis(50),

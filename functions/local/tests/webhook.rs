@@ -56,6 +56,7 @@ fn options(backend: Backend) -> LocalOptions {
     let mut o = LocalOptions::new("127.0.0.1:0".parse().unwrap(), SECRET);
     o.backend = backend;
     o.callback.allow_loopback = true;
+    o.outbound = taskq_local::Network::AllowLoopback;
     o.webhook_secret = WEBHOOK_SECRET.into();
     o.webhook_retry = WebhookRetryPolicy {
         base: Duration::from_millis(50),

@@ -1,13 +1,11 @@
 //! One webhook delivery: signed POSTs with retries, exponential backoff and jitter, all inside
-//! one invocation; only public addresses are reached (see [`taskq_core::callback`]).
+//! one invocation, through the guarded outbound client (`taskq_outbound`: public addresses only).
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use taskq_core::callback::{is_loopback, is_public};
-use url::{Host, Url};
+pub use taskq_outbound::Network;
+use taskq_outbound::{Lookup, Outbound, OutboundError, Policy, Request, SystemLookup};
 
 use crate::signature::{self, DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER};
 
@@ -46,21 +44,6 @@ impl RetryPolicy {
     }
 }
 
-/// Which addresses deliveries may connect to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Network {
-    /// Public unicast addresses only, https only (Lambda).
-    PublicOnly,
-    /// Also loopback, over http or https (taskq-local, tests).
-    AllowLoopback,
-}
-
-impl Network {
-    fn allows(&self, ip: IpAddr) -> bool {
-        is_public(ip) || (*self == Network::AllowLoopback && is_loopback(ip))
-    }
-}
-
 /// What to send: built from a terminal task by [`crate::delivery_for`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
@@ -85,41 +68,11 @@ pub enum Outcome {
     },
 }
 
-/// A refused resolution: the host resolved only to addresses deliveries may not reach.
-#[derive(Debug, thiserror::Error)]
-#[error("{host} resolves to no public address ({addrs})")]
-struct ForbiddenAddress {
-    host: String,
-    addrs: String,
-}
-
-/// Resolves with the system resolver, then drops the addresses the network does not allow. The
-/// check sits here, at connect time, because a name checked earlier may resolve differently
-/// now (DNS rebinding); the addresses it returns are the ones connected to.
-struct FilteringResolver(Network);
-
-impl Resolve for FilteringResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let network = self.0;
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = all.iter().copied().filter(|a| network.allows(a.ip())).collect();
-            if allowed.is_empty() {
-                let addrs = all.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ");
-                return Err(Box::new(ForbiddenAddress { host, addrs }) as _);
-            }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
-        })
-    }
-}
-
 #[derive(Clone)]
 pub struct Deliverer {
-    client: reqwest::Client,
+    outbound: Outbound,
     secret: Arc<[u8]>,
     policy: RetryPolicy,
-    network: Network,
 }
 
 /// One attempt's result: done, retry, or give up.
@@ -130,22 +83,38 @@ enum Attempt {
 }
 
 impl Deliverer {
-    pub fn new(secret: impl Into<Vec<u8>>, policy: RetryPolicy, network: Network) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .dns_resolver(FilteringResolver(network))
-            // A redirect could lead anywhere, inside included: not followed, it fails the delivery.
-            .redirect(reqwest::redirect::Policy::none())
-            // A proxy from the environment would connect on our behalf, past the address check.
-            .no_proxy()
-            .https_only(network == Network::PublicOnly)
-            .connect_timeout(policy.attempt_timeout)
-            .user_agent(concat!("taskq-webhook/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+    /// Deliveries go through the guarded outbound client: https only unless loopback receivers
+    /// are allowed, no redirects (a redirect fails the delivery), one attempt's timeout for
+    /// connect and answer. The client is built here: a webhook sender without one cannot work.
+    pub fn new(secret: impl Into<Vec<u8>>, policy: RetryPolicy, network: Network) -> Result<Self, OutboundError> {
+        Self::with_lookup(secret, policy, network, Arc::new(SystemLookup))
+    }
+
+    /// As [`Deliverer::new`], resolving host names with `lookup` (tests).
+    pub fn with_lookup(
+        secret: impl Into<Vec<u8>>,
+        policy: RetryPolicy,
+        network: Network,
+        lookup: Arc<dyn Lookup>,
+    ) -> Result<Self, OutboundError> {
+        let outbound = Outbound::with_lookup(
+            Policy {
+                https_only: network == Network::PublicOnly,
+                network,
+                max_redirects: 0,
+                connect_timeout: policy.attempt_timeout,
+                total_timeout: policy.attempt_timeout,
+                // Only the status matters; a receiver's body is not kept.
+                max_response_bytes: 1024,
+                user_agent: concat!("taskq-webhook/", env!("CARGO_PKG_VERSION")).to_owned(),
+            },
+            lookup,
+        )
+        .eager()?;
         Ok(Self {
-            client,
+            outbound,
             secret: secret.into().into(),
             policy,
-            network,
         })
     }
 
@@ -189,36 +158,22 @@ impl Deliverer {
         }
     }
 
-    /// IP literals never reach the resolver, so they are checked here.
+    /// Refused before any attempt: a URL no attempt may request.
     fn check_literal_address(&self, url: &str) -> Result<(), String> {
-        let url = Url::parse(url).map_err(|e| format!("callback URL does not parse: {e}"))?;
-        let ip = match url.host() {
-            Some(Host::Ipv4(ip)) => IpAddr::V4(ip),
-            Some(Host::Ipv6(ip)) => IpAddr::V6(ip),
-            Some(Host::Domain(_)) => return Ok(()),
-            None => return Err("callback URL has no host".into()),
-        };
-        if self.network.allows(ip) {
-            Ok(())
-        } else {
-            Err(format!("{ip} is not a public address"))
-        }
+        self.outbound.check(url).map(|_| ()).map_err(|e| e.to_string())
     }
 
     async fn attempt(&self, delivery: &Delivery) -> Attempt {
         let now = chrono::Utc::now().timestamp();
-        let request = self
-            .client
-            .post(&delivery.url)
-            .timeout(self.policy.attempt_timeout)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(DELIVERY_HEADER, &delivery.id)
-            .header(EVENT_HEADER, &delivery.event)
+        let request = Request::new("POST", delivery.url.clone())
+            .header("content-type", "application/json")
+            .header(DELIVERY_HEADER, delivery.id.clone())
+            .header(EVENT_HEADER, delivery.event.clone())
             .header(SIGNATURE_HEADER, signature::header(&self.secret, now, &delivery.body))
             .body(delivery.body.clone());
-        match request.send().await {
+        match self.outbound.send(request).await {
             Ok(response) => {
-                let status = response.status().as_u16();
+                let status = response.status;
                 match status {
                     200..=299 => Attempt::Done(status),
                     408 | 429 | 500..=599 => Attempt::Retry(format!("HTTP {status}")),
@@ -226,44 +181,11 @@ impl Deliverer {
                     _ => Attempt::Permanent(format!("HTTP {status}")),
                 }
             }
-            Err(e) => {
-                let text = chain(&e);
-                // A refused address or an unusable URL will not get better with retries.
-                if forbidden(&e) || e.is_builder() {
-                    Attempt::Permanent(text)
-                } else {
-                    Attempt::Retry(text)
-                }
-            }
+            // A refused address or an unusable URL will not get better with retries.
+            Err(e) if e.is_retryable() => Attempt::Retry(e.to_string()),
+            Err(e) => Attempt::Permanent(e.to_string()),
         }
     }
-}
-
-fn forbidden(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err.is::<ForbiddenAddress>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-/// An error and its causes on one line (reqwest's own text alone says little: "error sending
-/// request").
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cur = e.source();
-    while let Some(err) = cur {
-        let s = err.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        cur = err.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -14,16 +14,17 @@ const MIN_SECRET_LEN: usize = 32;
 async fn main() -> Result<(), Error> {
     taskq_aws::warm::start(&[taskq_aws::warm::Client::DynamoDb]);
     taskq_aws::telemetry::init();
-    let secret = std::env::var("TASKQ_WEBHOOK_SECRET").unwrap_or_default();
-    if secret.len() < MIN_SECRET_LEN {
-        return Err(format!("TASKQ_WEBHOOK_SECRET must be set, at least {MIN_SECRET_LEN} characters").into());
-    }
-    let table = std::env::var("TASKQ_TABLE_NAME")
-        .ok()
-        .filter(|t| !t.is_empty())
-        .ok_or("TASKQ_TABLE_NAME must be set")?;
-    let deliverer = Deliverer::new(secret.into_bytes(), RetryPolicy::default(), Network::PublicOnly)?;
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let table = var("TASKQ_TABLE_NAME").ok_or("TASKQ_TABLE_NAME must be set")?;
+    // The secret is read from Secrets Manager, not from the environment: a value in the
+    // function's configuration is readable by anyone allowed GetFunctionConfiguration.
+    let secret_arn = var("TASKQ_WEBHOOK_SECRET_ARN").ok_or("TASKQ_WEBHOOK_SECRET_ARN must be set")?;
     let sdk = taskq_aws::AwsConfig::sdk_config().await;
+    let secret = taskq_aws::secrets::secret_string(&aws_sdk_secretsmanager::Client::new(&sdk), &secret_arn).await?;
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(format!("the webhook secret must be at least {MIN_SECRET_LEN} characters").into());
+    }
+    let deliverer = Deliverer::new(secret.into_bytes(), RetryPolicy::default(), Network::PublicOnly)?;
     let store = taskq_aws::DynamoDbTaskStore::new(aws_sdk_dynamodb::Client::new(&sdk), table);
     let webhooks = Webhooks::new(deliverer, Arc::new(store));
     run(service_fn(|event: LambdaEvent<Event>| {

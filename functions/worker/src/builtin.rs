@@ -3,17 +3,20 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use taskq_outbound::{Network, Outbound, OutboundError, Policy, Request};
+
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::registry::{HandlerError, Registry, TaskContext, TaskHandler};
 
-pub fn register(r: &mut Registry) {
+/// Registers the built-in types, `webhook` as given.
+pub fn register(r: &mut Registry, webhook: Webhook) {
     r.register("echo", Echo);
     r.register("sleep", Sleep);
     r.register("fail", Fail);
-    r.register("webhook", Webhook::new());
+    r.register("webhook", webhook);
 }
 
 fn payload<T: for<'de> Deserialize<'de>>(ctx: &TaskContext, shape: &str) -> Result<T, HandlerError> {
@@ -74,18 +77,13 @@ impl TaskHandler for Fail {
     }
 }
 
-/// `{url, method?, headers?, body?}`: one HTTP request. 2xx succeeds with `{status, body}`;
-/// 408, 429 and 5xx and network errors are retried; other statuses fail the task.
+/// `{url, method?, headers?, body?}`: one HTTP request through the guarded outbound client
+/// (public addresses only, see `taskq_outbound`). 2xx succeeds with `{status, body}` (plus
+/// `truncated: true` past 64 KiB); 408, 429, 5xx and network errors are retried; a refused
+/// address and other statuses fail the task.
 pub struct Webhook {
-    /// Built on the first webhook task, not at init: building a reqwest client loads and parses
-    /// the system trust roots (rustls-platform-verifier), a few milliseconds of every cold
-    /// start, and most workers never run a webhook.
-    client: std::sync::OnceLock<reqwest::Client>,
+    outbound: Outbound,
 }
-
-/// Response bodies are kept up to this size in the result.
-const WEBHOOK_BODY_LIMIT: usize = 64 * 1024;
-const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,28 +98,38 @@ struct WebhookPayload {
 }
 
 impl Webhook {
-    pub fn new() -> Self {
+    /// Requests reach what `network` allows; everything else is [`Webhook::policy`]'s.
+    pub fn new(network: Network) -> Self {
         Self {
-            client: std::sync::OnceLock::new(),
+            outbound: Outbound::new(Self::policy(network)),
         }
     }
 
-    fn client(&self) -> &reqwest::Client {
-        // Connections still open on first use of the client, as before.
-        self.client.get_or_init(|| {
-            reqwest::Client::builder()
-                .timeout(WEBHOOK_TIMEOUT)
-                .connect_timeout(Duration::from_secs(5))
-                .redirect(reqwest::redirect::Policy::limited(3))
-                .build()
-                .unwrap_or_default()
-        })
+    /// [`Policy::public`] (3 redirects, each checked; 5 s to connect, 30 s in all, 64 KiB of
+    /// body kept) reaching `network`.
+    pub fn policy(network: Network) -> Policy {
+        let mut policy = Policy::public(concat!("taskq-worker/", env!("CARGO_PKG_VERSION")));
+        policy.network = network;
+        policy
+    }
+
+    /// Over a given client (tests: a resolver of their own).
+    pub fn with_outbound(outbound: Outbound) -> Self {
+        Self { outbound }
     }
 }
 
-impl Default for Webhook {
-    fn default() -> Self {
-        Self::new()
+fn handler_error(e: OutboundError) -> HandlerError {
+    match &e {
+        OutboundError::Refused(_) => HandlerError::permanent("webhook_refused", e.to_string()),
+        OutboundError::Invalid(_) => HandlerError::permanent("invalid_payload", e.to_string()),
+        OutboundError::Build(_) => {
+            tracing::error!(error = %e, "outbound HTTP client unavailable");
+            HandlerError::retryable("outbound_unavailable", e.to_string())
+        }
+        OutboundError::Timeout(_) | OutboundError::Transport(_) => {
+            HandlerError::retryable("webhook_unreachable", e.to_string())
+        }
     }
 }
 
@@ -129,54 +137,41 @@ impl Default for Webhook {
 impl TaskHandler for Webhook {
     async fn run(&self, ctx: TaskContext) -> Result<Value, HandlerError> {
         let p: WebhookPayload = payload(&ctx, "{\"url\", \"method\"?, \"headers\"?, \"body\"?}")?;
-        let url =
-            reqwest::Url::parse(&p.url).map_err(|e| HandlerError::permanent("invalid_payload", format!("url: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(HandlerError::permanent(
-                "invalid_payload",
-                "url: scheme must be http or https",
-            ));
-        }
         let method = p
             .method
-            .as_deref()
-            .unwrap_or(if p.body.is_some() { "POST" } else { "GET" });
-        let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| {
-            HandlerError::permanent("invalid_payload", format!("method: {method:?} is not an HTTP method"))
-        })?;
-        let mut request = self.client().request(method, url);
-        for (name, value) in &p.headers {
+            .clone()
+            .unwrap_or_else(|| if p.body.is_some() { "POST" } else { "GET" }.to_owned());
+        let mut request = Request::new(method, p.url);
+        for (name, value) in p.headers {
             request = request.header(name, value);
         }
-        if let Some(body) = &p.body {
-            request = match body {
-                Value::String(s) => request.body(s.clone()),
-                other => request.json(other),
-            };
-        }
-        let response = request.send().await.map_err(|e| {
-            if e.is_builder() {
-                HandlerError::permanent("invalid_payload", e.to_string())
-            } else {
-                HandlerError::retryable("webhook_unreachable", e.to_string())
+        match p.body {
+            Some(Value::String(s)) => request = request.body(s),
+            Some(other) => {
+                let has_type = request
+                    .headers
+                    .iter()
+                    .any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
+                if !has_type {
+                    request = request.header("content-type", "application/json");
+                }
+                request = request.body(other.to_string());
             }
-        })?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| HandlerError::retryable("webhook_unreachable", e.to_string()))?;
-        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(WEBHOOK_BODY_LIMIT)]).into_owned();
-        if status.is_success() {
-            let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
-            return Ok(json!({ "status": status.as_u16(), "body": body }));
+            None => {}
         }
-        let message = format!(
-            "HTTP {}: {}",
-            status.as_u16(),
-            text.chars().take(500).collect::<String>()
-        );
-        if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
+        let response = self.outbound.send(request).await.map_err(handler_error)?;
+        let text = String::from_utf8_lossy(&response.body).into_owned();
+        let status = response.status;
+        if (200..300).contains(&status) {
+            let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
+            let mut result = json!({ "status": status, "body": body });
+            if response.truncated {
+                result["truncated"] = Value::Bool(true);
+            }
+            return Ok(result);
+        }
+        let message = format!("HTTP {status}: {}", text.chars().take(500).collect::<String>());
+        if status >= 500 || status == 408 || status == 429 {
             Err(HandlerError::retryable("webhook_status", message))
         } else {
             Err(HandlerError::permanent("webhook_status", message))

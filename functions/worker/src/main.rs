@@ -15,6 +15,8 @@ async fn main() -> Result<(), Error> {
     let config = WorkerConfig::from_env()?;
     let aws = taskq_aws::AwsConfig::from_env()?;
     let registry = Registry::with_builtins();
+    // Metrics name these types; any other is counted as "other".
+    taskq_core::metrics::set_known_types(registry.types());
     let (store, queue) = aws.adapters().await;
     let worker = Worker::new(Arc::new(store), Arc::new(queue), registry, config);
     run(service_fn(|event: LambdaEvent<SqsEvent>| {

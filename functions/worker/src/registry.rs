@@ -102,10 +102,22 @@ impl Registry {
         Self::default()
     }
 
-    /// The built-in types: `echo`, `sleep`, `fail`, `webhook`.
+    /// The built-in types: `echo`, `sleep`, `fail`, `webhook` (public addresses only).
     pub fn with_builtins() -> Self {
+        Self::with_builtins_reaching(taskq_outbound::Network::PublicOnly)
+    }
+
+    /// The built-in types, with `webhook` requests reaching what `network` allows (taskq-local's
+    /// loopback switch).
+    pub fn with_builtins_reaching(network: taskq_outbound::Network) -> Self {
+        Self::with_builtins_using(crate::builtin::Webhook::new(network))
+    }
+
+    /// The built-in types, with `webhook` tasks sent through `webhook` (tests: a resolver of
+    /// their own).
+    pub fn with_builtins_using(webhook: crate::builtin::Webhook) -> Self {
         let mut r = Self::new();
-        crate::builtin::register(&mut r);
+        crate::builtin::register(&mut r, webhook);
         r
     }
 
@@ -122,5 +134,18 @@ impl Registry {
         let mut t: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
         t.sort_unstable();
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_list_in_core_names_the_registered_builtins() {
+        let r = Registry::with_builtins();
+        let mut expected = taskq_core::task::BUILTIN_TYPES.to_vec();
+        expected.sort_unstable();
+        assert_eq!(r.types(), expected);
     }
 }

@@ -413,10 +413,18 @@ mod webhook {
             )
             .route("/down", post(|| async { (http_status(503), "try later") }))
             .route("/gone", post(|| async { (http_status(404), "no such hook") }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // 127.0.0.2: the one loopback address the test's network allows.
+        let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         format!("http://{addr}")
+    }
+
+    fn env_reaching_the_receiver() -> Env {
+        env_with(|r| {
+            let network = taskq_outbound::Network::PublicAnd(vec!["127.0.0.2".parse().unwrap()]);
+            r.register("webhook", taskq_worker::builtin::Webhook::new(network));
+        })
     }
 
     fn http_status(n: u16) -> axum::http::StatusCode {
@@ -426,7 +434,7 @@ mod webhook {
     #[tokio::test]
     async fn webhook_calls_the_url_and_classifies_failures() {
         let base = receiver().await;
-        let e = env();
+        let e = env_reaching_the_receiver();
         let ok = e
             .submit(json!({"type": "webhook", "payload": {"url": format!("{base}/ok"), "body": {"hi": 1}}}))
             .await;
@@ -450,5 +458,34 @@ mod webhook {
         let gone = e.task(&gone).await;
         assert_eq!((gone.status, gone.attempts), (Status::Failed, 1), "4xx is not");
         assert_eq!(e.task(&bad).await.error.unwrap().kind, "invalid_payload");
+    }
+
+    #[tokio::test]
+    async fn the_default_registry_refuses_the_runtime_api_and_other_non_public_hosts() {
+        let base = receiver().await;
+        let e = env();
+        let mut tasks = Vec::new();
+        for url in [
+            format!("{base}/ok"),
+            "http://127.0.0.1:9001/2018-06-01/runtime/invocation/next".to_owned(),
+            "http://169.254.169.254/latest/meta-data/".to_owned(),
+            "http://[fd00:ec2::254]/latest/meta-data/".to_owned(),
+        ] {
+            tasks.push((
+                url.clone(),
+                e.submit(json!({"type": "webhook", "payload": {"url": url}, "max_attempts": 3}))
+                    .await,
+            ));
+        }
+        for (url, t) in &tasks {
+            e.settle(t).await;
+            let done = e.task(t).await;
+            assert_eq!(
+                (done.status, done.attempts),
+                (Status::Failed, 1),
+                "{url}: refused at once"
+            );
+            assert_eq!(done.error.unwrap().kind, "webhook_refused", "{url}");
+        }
     }
 }

@@ -153,6 +153,16 @@ impl MemoryTaskQueue {
     }
 
     fn push(&self, message: &TaskMessage, delay: Duration) -> Result<(), QueueError> {
+        // SQS refuses these; so does the embedded queue, or a test here would pass on input that
+        // fails in AWS.
+        crate::identity::check_message_group_id(&message.user_id).map_err(QueueError::Invalid)?;
+        if delay.as_secs_f64().ceil() > f64::from(crate::limits::MAX_DELAY_SECONDS) {
+            return Err(QueueError::Invalid(format!(
+                "DelaySeconds must be 0-{}, got {}",
+                crate::limits::MAX_DELAY_SECONDS,
+                delay.as_secs_f64().ceil()
+            )));
+        }
         let body = serde_json::to_string(message).map_err(|e| QueueError::Unavailable(e.into()))?;
         let id = self.next_seq();
         self.lock(message.priority).insert(Message {
