@@ -67,6 +67,7 @@ contract!(
     queue_delays_messages,
     queue_batches_across_priorities,
     queue_rejects_a_stale_receipt,
+    queue_refuses_what_sqs_refuses_as_invalid,
     active_index_holds_unfinished_tasks_only,
     dead_letters_are_received_and_redriven,
     queue_stats_count_visible_in_flight_delayed_and_dead,
@@ -561,7 +562,48 @@ async fn queue_rejects_a_stale_receipt(b: Backends) {
         .queue
         .change_visibility(Priority::Normal, &got[0].receipt, Duration::from_secs(5))
         .await
-        .is_err());
+        .is_err_and(|e| matches!(e, taskq_core::QueueError::InvalidReceipt)));
+}
+
+/// SQS refuses a `MessageGroupId` over 128 characters or outside ASCII alphanumerics and
+/// punctuation, and a delay over 900 s, with `InvalidParameterValue`. Every backend refuses the
+/// same, as `QueueError::Invalid` (not "unavailable", not "invalid receipt"), and a batch refuses
+/// only the bad entries.
+async fn queue_refuses_what_sqs_refuses_as_invalid(b: Backends) {
+    use taskq_core::QueueError;
+    let long = "x".repeat(129);
+    for group in [long.as_str(), "with space", "José", "tab\there", ""] {
+        let e = b
+            .queue
+            .send(&message(group, Priority::Normal), Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, QueueError::Invalid(_)), "{group:?}: {e:?}");
+    }
+    let e = b
+        .queue
+        .send(&message("ok-user", Priority::Normal), Duration::from_secs(901))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, QueueError::Invalid(_)), "delay 901 s: {e:?}");
+    // The longest and most punctuated group id SQS takes goes through.
+    let edge = format!("{}{}", "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~", "y".repeat(96));
+    assert_eq!(edge.len(), 128);
+    b.queue
+        .send(&message(&edge, Priority::Normal), Duration::from_secs(900))
+        .await
+        .unwrap();
+    let results = b
+        .queue
+        .send_batch(&[
+            (message("fine", Priority::High), Duration::ZERO),
+            (message("not fine", Priority::High), Duration::ZERO),
+            (message("also-fine", Priority::High), Duration::ZERO),
+        ])
+        .await;
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    assert!(matches!(results[1], Err(QueueError::Invalid(_))), "{results:?}");
+    assert_eq!(receive_all(&b, Priority::High, 2).await.len(), 2);
 }
 
 async fn all_active(b: &Backends, p: Priority) -> Vec<taskq_core::ActiveTask> {
