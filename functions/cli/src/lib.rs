@@ -26,7 +26,7 @@ pub use error::CliError;
                   3 the waited-for task ended failed, cancelled or dead; 4 wait timed out."
 )]
 pub struct Cli {
-    /// API base URL (a local server, or a deployment's ApiUrl)
+    /// API base URL (a local server, or a deployment's CloudFrontUrl: the stack's API answers only through CloudFront)
     #[arg(long, env = "TASKQ_URL", default_value = "http://127.0.0.1:8080", global = true)]
     pub url: String,
     /// Bearer token (JWT)

@@ -471,8 +471,8 @@ async fn callback_urls_to_loopback_private_and_metadata_addresses_are_400_naming
         .iter()
         .map(|(_, url)| json!({"type": "echo", "callback_url": url}))
         .collect();
-    for chunk in items.chunks(100).enumerate().map(|(c, items)| (c * 100, items)) {
-        let (offset, items) = chunk;
+    for (c, items) in items.chunks(100).enumerate() {
+        let offset = c * 100;
         let r = app.post(user, "/v1/tasks/batch", &json!({"tasks": items})).await;
         assert_eq!(r.status, 202, "{}", r.body);
         for (i, result) in r.body["results"].as_array().unwrap().iter().enumerate() {
