@@ -61,6 +61,7 @@ contract!(
     record_appends_a_note_to_a_terminal_task_at_the_expected_seq_only,
     list_pages_newest_first_with_filters,
     idempotency_keys_replay_or_report_a_different_request,
+    a_replay_sends_the_message_a_failed_first_request_did_not,
     queue_sends_receives_and_deletes,
     queue_redelivers_after_visibility_and_counts_receives,
     queue_dead_letters_after_max_receives,
@@ -401,6 +402,51 @@ async fn idempotency_keys_replay_or_report_a_different_request(b: Backends) {
         b.store.create(&fresh, Some(&claim)).await.unwrap(),
         Created::New(_)
     ));
+}
+
+/// The first request stored the task and failed to send its message (it got a 503); the
+/// client replays with the same key. A single submission and a batch item both send the
+/// message then, so the task does not wait for the sweeper's stranded rule.
+async fn a_replay_sends_the_message_a_failed_first_request_did_not(b: Backends) {
+    use taskq_core::faults::{FaultCounts, FaultPlan, FaultyQueue};
+    let failing = Arc::new(FaultyQueue::new(
+        b.queue.clone(),
+        FaultPlan {
+            send_fail: 1.0,
+            ..FaultPlan::default()
+        },
+        Arc::new(FaultCounts::default()),
+    ));
+    let down = TaskService::new(b.store.clone(), failing);
+    let up = TaskService::new(b.store.clone(), b.queue.clone());
+    let single = new_task("echo", "low");
+    assert!(matches!(
+        down.submit("rae", &single, Some("single")).await,
+        Err(taskq_core::ServiceError::NotEnqueued(..))
+    ));
+    let batch = new_task("sleep", "low");
+    let first = down
+        .submit_batch("rae", vec![Ok((batch.clone(), Some("batch".to_owned())))])
+        .await;
+    assert!(matches!(first[0], Err(taskq_core::ServiceError::NotEnqueued(..))));
+    assert!(receive_all(&b, Priority::Low, 0).await.is_empty(), "nothing was sent");
+
+    let replayed_single = up.submit("rae", &single, Some("single")).await.unwrap();
+    let replayed_batch = up
+        .submit_batch("rae", vec![Ok((batch, Some("batch".to_owned())))])
+        .await
+        .remove(0)
+        .unwrap();
+    assert!(replayed_single.replayed && replayed_batch.replayed);
+    let mut got: Vec<_> = receive_all(&b, Priority::Low, 2)
+        .await
+        .iter()
+        .map(|d| serde_json::from_str::<TaskMessage>(&d.body).unwrap().task_id)
+        .collect();
+    got.sort();
+    let mut want = vec![replayed_single.task.id, replayed_batch.task.id];
+    want.sort();
+    assert_eq!(got, want, "each replay sent its task's message");
 }
 
 trait CloneWithNewId {

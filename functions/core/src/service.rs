@@ -144,6 +144,12 @@ impl TaskService {
         })
     }
 
+    /// Whether a replayed submission's task may still be waiting for its first message: queued
+    /// and never started.
+    fn may_lack_its_message(task: &Task) -> bool {
+        task.status == Status::Queued && task.attempts == 0
+    }
+
     /// Stores the task first, then sends its message: a task is never queued without a record.
     pub async fn submit(
         &self,
@@ -158,7 +164,7 @@ impl TaskService {
                 if !same_request {
                     return Err(ServiceError::IdempotencyMismatch);
                 }
-                if task.status == Status::Queued && task.attempts == 0 {
+                if Self::may_lack_its_message(&task) {
                     // The first request may have failed between the write and the send (it got
                     // a 503): send again. A duplicate message is harmless, the start is
                     // conditional; a missing one would strand the task.
@@ -219,11 +225,20 @@ impl TaskService {
                 Ok(Created::Existing {
                     task,
                     same_request: true,
-                }) => Ok(Submitted { task, replayed: true }),
+                }) => {
+                    // As a replayed single submission: the first request may have stored the
+                    // task and failed before its message was sent, so send one again.
+                    if Self::may_lack_its_message(&task) {
+                        if let Some(delay) = task.send_delay(Utc::now()) {
+                            to_send.push((i, task.message(), delay, true));
+                        }
+                    }
+                    Ok(Submitted { task, replayed: true })
+                }
                 Ok(Created::Existing { .. }) => Err(ServiceError::IdempotencyMismatch),
                 Ok(Created::New(task)) => {
                     match task.send_delay(Utc::now()) {
-                        Some(delay) => to_send.push((i, task.message(), delay)),
+                        Some(delay) => to_send.push((i, task.message(), delay, false)),
                         // Scheduled past SQS's delay: stored is submitted (the sweeper enqueues it).
                         None => metrics::record(Counter::Submitted, &task, None),
                     }
@@ -231,16 +246,17 @@ impl TaskService {
                 }
             });
         }
-        let messages: Vec<_> = to_send.iter().map(|(_, m, d)| (m.clone(), *d)).collect();
+        let messages: Vec<_> = to_send.iter().map(|(_, m, d, _)| (m.clone(), *d)).collect();
         let sent = self.queue.send_batch(&messages).await;
-        for ((i, message, _), outcome) in to_send.into_iter().zip(sent) {
+        for ((i, message, _, replayed), outcome) in to_send.into_iter().zip(sent) {
             match outcome {
                 Err(e) => results[i] = Some(Err(ServiceError::NotEnqueued(message.task_id, e))),
-                Ok(()) => {
+                Ok(()) if !replayed => {
                     if let Some(Ok(s)) = &results[i] {
                         metrics::record(Counter::Submitted, &s.task, None);
                     }
                 }
+                Ok(()) => {}
             }
         }
         results
