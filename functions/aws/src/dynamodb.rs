@@ -92,15 +92,40 @@ impl TaskStore for DynamoDbTaskStore {
     async fn create(&self, task: &Task, claim: Option<&IdempotencyClaim>) -> Result<Created, StoreError> {
         let task_item = item::to_item(task).map_err(|e| StoreError::Unavailable(e.into()))?;
         let Some(claim) = claim else {
-            self.client
+            let put = self
+                .client
                 .put_item()
                 .table_name(&self.table)
                 .set_item(Some(task_item))
                 .condition_expression("attribute_not_exists(pk)")
+                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
                 .send()
-                .await
-                .map_err(store_error)?;
-            return Ok(Created::New(task.clone()));
+                .await;
+            return match put {
+                Ok(_) => Ok(Created::New(task.clone())),
+                // The id is new (a ULID made for this request), so an item already there is this
+                // very write, applied by an earlier try whose response was lost (the SDK
+                // retried): created, not a conflict (a 503 would make the client submit twice).
+                Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                    let existing = match e.into_err() {
+                        aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => {
+                            c.item
+                        }
+                        _ => None,
+                    };
+                    let existing = existing
+                        .map(item::from_item)
+                        .transpose()
+                        .map_err(|e| StoreError::Unavailable(e.into()))?;
+                    match existing {
+                        Some(t) if t.write_token.is_some() && t.write_token == task.write_token => Ok(Created::New(t)),
+                        current => Err(StoreError::Conflict {
+                            current: current.map(Box::new),
+                        }),
+                    }
+                }
+                Err(e) => Err(store_error(e)),
+            };
         };
         // Write first, read only when the key turns out to be taken: most keyed requests are new
         // (a replay is a client's retry), so reading the key first would add a GetItem (and a
@@ -151,7 +176,12 @@ impl TaskStore for DynamoDbTaskStore {
                 if cancelled {
                     // The key is claimed (a replay, or a concurrent request with the same key).
                     if let Some(existing) = self.claimed(&task.user_id, claim).await? {
-                        return Ok(existing);
+                        return Ok(match existing {
+                            // The key names this very task: an earlier try of this transaction
+                            // was applied and its response lost (the SDK retried).
+                            Created::Existing { task: t, .. } if t.id == task.id => Created::New(t),
+                            other => other,
+                        });
                     }
                 }
                 Err(store_error(e))
@@ -283,14 +313,19 @@ impl TaskStore for DynamoDbTaskStore {
             .table_name(&self.table)
             .set_key(Some(Self::key(user_id, item::task_sk(id))))
             .update_expression(u.expression())
-            .condition_expression("#status = :expect_status AND attempts = :expect_attempts")
+            .condition_expression("#status = :expect_status AND attempts = :expect_attempts AND #runs = :expect_runs")
             .set_expression_attribute_names(Some(u.names))
             .set_expression_attribute_values(Some(u.values))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        updated(result)
+        match updated(result) {
+            // An earlier try of this write was applied and its response lost (the SDK retried):
+            // the item carries this change's token.
+            Err(StoreError::Conflict { current: Some(t) }) if change.applied_in(&t) => Ok(*t),
+            other => other,
+        }
     }
 }
 
@@ -353,7 +388,10 @@ impl Update {
         let n = |v: u32| AttributeValue::N(v.to_string());
         u.values.insert(":expect_status".into(), s(c.expect_status.as_str()));
         u.values.insert(":expect_attempts".into(), n(c.expect_attempts));
+        u.values.insert(":expect_runs".into(), n(c.expect_runs));
         u.assign("status", s(c.status.as_str()));
+        u.assign("runs", n(c.runs));
+        u.assign("write_token", s(&c.token));
         u.assign("gsi1pk", s(&item::status_pk(user_id, c.status)));
         u.assign("attempts", n(c.attempts));
         u.assign("updated_at", time(c.updated_at));

@@ -29,6 +29,7 @@ pub const ACTIVE_PROJECTION: &[&str] = &[
     "priority",
     "status",
     "attempts",
+    "runs",
     "max_attempts",
     "timeout_seconds",
     "updated_at",
@@ -75,6 +76,10 @@ struct TaskItem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<TaskFailure>,
     attempts: u32,
+    #[serde(default)]
+    runs: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    write_token: Option<String>,
     max_attempts: u32,
     timeout_seconds: u32,
     created_at: DateTime<Utc>,
@@ -158,6 +163,8 @@ pub fn to_item(task: &Task) -> Result<Item, ItemError> {
         result: task.result.as_ref().map(json_text),
         error: task.error.clone(),
         attempts: task.attempts,
+        runs: task.runs,
+        write_token: task.write_token.clone(),
         max_attempts: task.max_attempts,
         timeout_seconds: task.timeout_seconds,
         created_at: task.created_at,
@@ -181,6 +188,8 @@ struct ActiveItem {
     priority: Priority,
     status: Status,
     attempts: u32,
+    #[serde(default)]
+    runs: u32,
     max_attempts: u32,
     timeout_seconds: u32,
     updated_at: DateTime<Utc>,
@@ -198,6 +207,7 @@ pub fn active_from_item(item: Item) -> Result<taskq_core::ActiveTask, ItemError>
         priority: it.priority,
         status: it.status,
         attempts: it.attempts,
+        runs: it.runs,
         max_attempts: it.max_attempts,
         timeout_seconds: it.timeout_seconds,
         updated_at: it.updated_at,
@@ -227,6 +237,8 @@ pub fn from_item(item: Item) -> Result<Task, ItemError> {
         finished_at: it.finished_at,
         run_at: it.run_at,
         lease_until: it.lease_until,
+        runs: it.runs,
+        write_token: it.write_token,
         cancel_requested: it.cancel_requested,
         callback_url: it.callback_url,
         history: it
@@ -286,6 +298,8 @@ mod tests {
             finished_at: None,
             run_at: None,
             lease_until: Some(now),
+            runs: 5,
+            write_token: Some("0123456789abcdef".into()),
             cancel_requested: true,
             callback_url: Some("https://hooks.example.com/taskq?x=1".into()),
             history: vec![

@@ -62,6 +62,8 @@ contract!(
     list_pages_newest_first_with_filters,
     idempotency_keys_replay_or_report_a_different_request,
     a_replay_sends_the_message_a_failed_first_request_did_not,
+    a_stale_worker_from_before_a_redrive_cannot_commit_onto_the_new_run,
+    a_write_retried_after_a_lost_response_is_its_own_success,
     queue_sends_receives_and_deletes,
     queue_redelivers_after_visibility_and_counts_receives,
     queue_dead_letters_after_max_receives,
@@ -101,10 +103,19 @@ async fn create_then_get_round_trips_the_task(b: Backends) {
 
 async fn create_refuses_an_existing_id(b: Backends) {
     let t = submit(&b, "alice", "normal").await;
-    assert!(matches!(
-        b.store.create(&t, None).await,
-        Err(StoreError::Conflict { .. })
-    ));
+    // Another write of the same id (its own token) is refused...
+    let mut other = t.clone();
+    other.write_token = Some(taskq_core::transition::new_write_token());
+    other.payload = json!("someone else's");
+    match b.store.create(&other, None).await {
+        Err(StoreError::Conflict { current: Some(current) }) => assert_eq!(*current, t),
+        other => panic!("expected a conflict with the stored task, got {other:?}"),
+    }
+    // ...the same write again (a retry after a lost response) is the task it created.
+    match b.store.create(&t, None).await {
+        Ok(Created::New(again)) => assert_eq!(again, t),
+        other => panic!("expected the task the first try created, got {other:?}"),
+    }
 }
 
 async fn tasks_are_private_to_their_user(b: Backends) {
@@ -144,11 +155,16 @@ async fn apply_moves_only_from_the_expected_state_and_returns_the_current_task(b
     assert!(running.started_at.is_some() && running.lease_until.is_some());
     assert_eq!(running.payload, t.payload, "the write returns the whole task");
 
-    // The same start again (a duplicate delivery) changes nothing and reports what is there.
-    match b.store.apply("alice", t.id, &start).await {
+    // A duplicate delivery plans its own start: it changes nothing and reports what is there.
+    let duplicate = Transition::Start { lease_until: now }
+        .plan(Snapshot::from(&t), now)
+        .unwrap();
+    match b.store.apply("alice", t.id, &duplicate).await {
         Err(StoreError::Conflict { current: Some(current) }) => assert_eq!(*current, running),
         other => panic!("expected a conflict with the current task, got {other:?}"),
     }
+    // The very same write again (the SDK retrying after a lost response) is its own success.
+    assert_eq!(b.store.apply("alice", t.id, &start).await.unwrap(), running);
     let done = Transition::Succeed {
         result: json!({"ok": true}),
     }
@@ -447,6 +463,102 @@ async fn a_replay_sends_the_message_a_failed_first_request_did_not(b: Backends) 
     let mut want = vec![replayed_single.task.id, replayed_batch.task.id];
     want.sort();
     assert_eq!(got, want, "each replay sent its task's message");
+}
+
+/// A redrive starts `attempts` over; the run count does not, so the (status, attempts) a worker
+/// of the first run saw can come back, but its write still cannot land on the second run.
+async fn a_stale_worker_from_before_a_redrive_cannot_commit_onto_the_new_run(b: Backends) {
+    let t = submit(&b, "sol", "normal").await;
+    let step = |task: &taskq_core::Task, tr: Transition| tr.plan(Snapshot::from(task), Utc::now()).unwrap();
+    let lease = || Transition::Start {
+        lease_until: Utc::now() + chrono::Duration::seconds(60),
+    };
+    let stale = b.store.apply("sol", t.id, &step(&t, lease())).await.unwrap();
+    let dead = b
+        .store
+        .apply("sol", t.id, &step(&stale, Transition::Dead { detail: "dlq".into() }))
+        .await
+        .unwrap();
+    let revived = b
+        .store
+        .apply("sol", t.id, &step(&dead, Transition::Revive))
+        .await
+        .unwrap();
+    let second = b.store.apply("sol", t.id, &step(&revived, lease())).await.unwrap();
+    assert_eq!(
+        (second.status, second.attempts),
+        (stale.status, stale.attempts),
+        "same (status, attempts)"
+    );
+    assert_eq!((stale.runs, second.runs), (1, 2));
+    let late = step(
+        &stale,
+        Transition::Succeed {
+            result: json!("from the first run"),
+        },
+    );
+    assert!(matches!(
+        b.store.apply("sol", t.id, &late).await,
+        Err(StoreError::Conflict { current: Some(_) })
+    ));
+    let now = b.store.get("sol", t.id).await.unwrap().unwrap();
+    assert_eq!((now.status, now.result), (Status::Running, None));
+}
+
+/// The write landed, its response was lost and the SDK sent it again: the retry's condition
+/// fails against the write's own result. Every store call must read that as success: a keyless
+/// create (else a 503 and a second task from the client's retry), a keyed one (else "replayed"),
+/// a start (else the worker backs off from its own lease) and an end-of-attempt write.
+async fn a_write_retried_after_a_lost_response_is_its_own_success(b: Backends) {
+    use taskq_core::faults::{FaultCounts, FaultPlan, FaultyStore};
+    let counts = Arc::new(FaultCounts::default());
+    let store: Arc<dyn TaskStore> = Arc::new(FaultyStore::new(
+        b.store.clone(),
+        FaultPlan {
+            store_retry_after_write: 1.0,
+            ..FaultPlan::default()
+        },
+        counts.clone(),
+    ));
+    let service = TaskService::new(store.clone(), b.queue.clone());
+    let keyless = service.submit("lou", &new_task("echo", "high"), None).await.unwrap();
+    assert!(!keyless.replayed);
+    let keyed = service
+        .submit("lou", &new_task("echo", "high"), Some("k1"))
+        .await
+        .unwrap();
+    assert!(!keyed.replayed, "the first request's own write is not a replay");
+    let page = b
+        .store
+        .list(
+            "lou",
+            &ListQuery {
+                limit: 10,
+                ..ListQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.tasks.len(), 2, "one task per request");
+
+    let t = keyless.task;
+    let start = Transition::Start {
+        lease_until: Utc::now() + chrono::Duration::seconds(60),
+    }
+    .plan(Snapshot::from(&t), Utc::now())
+    .unwrap();
+    let running = store.apply("lou", t.id, &start).await.unwrap();
+    assert_eq!((running.status, running.attempts), (Status::Running, 1));
+    let done = Transition::Succeed { result: json!(1) }
+        .plan(Snapshot::from(&running), Utc::now())
+        .unwrap();
+    assert_eq!(store.apply("lou", t.id, &done).await.unwrap().status, Status::Succeeded);
+    assert!(
+        counts
+            .store_retries_after_write
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 4
+    );
 }
 
 trait CloneWithNewId {

@@ -23,6 +23,9 @@ pub struct FaultPlan {
     pub store_throttle: f64,
     /// A store write succeeds, then the caller gets an error (a lost response).
     pub store_error_after_write: f64,
+    /// A store write succeeds, its response is lost, and the client tries the same write again
+    /// (what the AWS SDK does on a timeout or a 5xx): the caller gets the retry's answer.
+    pub store_retry_after_write: f64,
     /// A worker's end-of-attempt write never happens: the worker "crashed" after its handler ran.
     pub crash_before_status_write: f64,
     /// A send fails; nothing is queued.
@@ -54,6 +57,7 @@ impl FaultPlan {
             match name {
                 "store_throttle" => plan.store_throttle = rate()?,
                 "store_error_after_write" => plan.store_error_after_write = rate()?,
+                "store_retry_after_write" => plan.store_retry_after_write = rate()?,
                 "crash_before_status_write" => plan.crash_before_status_write = rate()?,
                 "send_fail" => plan.send_fail = rate()?,
                 "send_duplicate" => plan.send_duplicate = rate()?,
@@ -70,6 +74,7 @@ impl FaultPlan {
 pub struct FaultCounts {
     pub store_throttled: AtomicU64,
     pub store_errors_after_write: AtomicU64,
+    pub store_retries_after_write: AtomicU64,
     pub crashes_before_status_write: AtomicU64,
     pub sends_failed: AtomicU64,
     pub sends_duplicated: AtomicU64,
@@ -103,6 +108,15 @@ impl FaultyStore {
         Ok(())
     }
 
+    /// Whether this write's response is lost and the write sent again.
+    fn retried(&self) -> bool {
+        let retry = roll(self.plan.store_retry_after_write);
+        if retry {
+            bump(&self.counts.store_retries_after_write);
+        }
+        retry
+    }
+
     fn lost_response<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
         if r.is_ok() && roll(self.plan.store_error_after_write) {
             bump(&self.counts.store_errors_after_write);
@@ -116,7 +130,10 @@ impl FaultyStore {
 impl TaskStore for FaultyStore {
     async fn create(&self, task: &Task, claim: Option<&IdempotencyClaim>) -> Result<Created, StoreError> {
         self.throttle()?;
-        let r = self.inner.create(task, claim).await;
+        let mut r = self.inner.create(task, claim).await;
+        if r.is_ok() && self.retried() {
+            r = self.inner.create(task, claim).await;
+        }
         self.lost_response(r)
     }
 
@@ -139,7 +156,10 @@ impl TaskStore for FaultyStore {
                 "injected: worker crashed before its status write".into(),
             ));
         }
-        let r = self.inner.apply(user_id, id, change).await;
+        let mut r = self.inner.apply(user_id, id, change).await;
+        if r.is_ok() && self.retried() {
+            r = self.inner.apply(user_id, id, change).await;
+        }
         self.lost_response(r)
     }
 

@@ -124,6 +124,8 @@ impl TaskService {
             cancel_requested: false,
             callback_url: new.callback_url.clone(),
             lease_until: None,
+            runs: 0,
+            write_token: Some(crate::transition::new_write_token()),
             history: vec![TaskEvent {
                 seq: 1,
                 at: now,

@@ -250,6 +250,15 @@ pub struct Task {
     /// While running: when the attempt's worker is presumed dead if it has not written.
     #[serde(skip)]
     pub lease_until: Option<DateTime<Utc>>,
+    /// Attempts ever started, redrives included: unlike `attempts`, which a redrive starts over,
+    /// it never decreases, so a change conditioned on it cannot be applied by a worker of an
+    /// earlier run.
+    #[serde(skip)]
+    pub runs: u32,
+    /// The token of the last write (see [`crate::transition::StateChange::token`]): a write whose
+    /// response was lost finds its own token and knows it was applied.
+    #[serde(skip)]
+    pub write_token: Option<String>,
     #[serde(skip)]
     pub history: Vec<TaskEvent>,
 }

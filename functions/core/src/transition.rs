@@ -1,7 +1,10 @@
 //! The task state machine. Every state change is planned here as a [`StateChange`]: the state it
-//! expects (status and attempt count) and what it writes, history event included. Stores apply a
-//! change only if the task is still in the expected state, so a duplicate delivery or a stale
-//! worker can never move a task twice.
+//! expects (status, attempt count and run count) and what it writes, history event included.
+//! Stores apply a change only if the task is still in the expected state, so a duplicate delivery
+//! or a stale worker can never move a task twice. The run count never repeats over a task's life
+//! (a redrive starts `attempts` over but not `runs`), so a worker from before a redrive cannot
+//! commit onto the new run. Every change carries a fresh token, written with it: a write retried
+//! after a lost response (the SDK retries) finds its own token and counts as applied.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -15,6 +18,8 @@ pub struct Snapshot {
     pub priority: Priority,
     pub status: Status,
     pub attempts: u32,
+    /// Attempts ever started ([`Task::runs`]).
+    pub runs: u32,
     pub max_attempts: u32,
     pub cancel_requested: bool,
 }
@@ -25,10 +30,16 @@ impl From<&Task> for Snapshot {
             priority: t.priority,
             status: t.status,
             attempts: t.attempts,
+            runs: t.runs,
             max_attempts: t.max_attempts,
             cancel_requested: t.cancel_requested,
         }
     }
+}
+
+/// A fresh write token: 64 random bits, so two writes never share one in practice.
+pub fn new_write_token() -> String {
+    format!("{:016x}", fastrand::u64(..))
 }
 
 /// The moves a task can make.
@@ -84,15 +95,20 @@ impl<T: Clone> Field<T> {
     }
 }
 
-/// One conditional write: applied only when the task has `expect_status` and `expect_attempts`.
+/// One conditional write: applied only when the task has `expect_status`, `expect_attempts` and
+/// `expect_runs`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateChange {
     /// The task's priority (unchanged; stores key indexes by it).
     pub priority: Priority,
     pub expect_status: Status,
     pub expect_attempts: u32,
+    pub expect_runs: u32,
     pub status: Status,
     pub attempts: u32,
+    pub runs: u32,
+    /// Written as the task's `write_token`; see [`StateChange::applied_in`].
+    pub token: String,
     pub updated_at: DateTime<Utc>,
     pub started_at: Field<DateTime<Utc>>,
     pub finished_at: Field<DateTime<Utc>>,
@@ -155,8 +171,11 @@ impl Transition {
             priority: current.priority,
             expect_status: from,
             expect_attempts: current.attempts,
+            expect_runs: current.runs,
             status: to,
             attempts: current.attempts,
+            runs: current.runs,
+            token: new_write_token(),
             updated_at: now,
             started_at: Field::Keep,
             finished_at: Field::Keep,
@@ -190,6 +209,7 @@ impl Transition {
                     });
                 }
                 change.attempts = current.attempts + 1;
+                change.runs = current.runs + 1;
                 change.started_at = Field::Set(now);
                 change.lease_until = Field::Set(lease_until);
                 change.run_at = Field::Clear;
@@ -273,13 +293,21 @@ impl Transition {
 impl StateChange {
     /// Whether `task` is in the state this change expects.
     pub fn matches(&self, task: &Task) -> bool {
-        task.status == self.expect_status && task.attempts == self.expect_attempts
+        task.status == self.expect_status && task.attempts == self.expect_attempts && task.runs == self.expect_runs
+    }
+
+    /// Whether `task` is this change already applied: the answer to a write whose condition
+    /// failed because an earlier try of the same write (whose response was lost) succeeded.
+    pub fn applied_in(&self, task: &Task) -> bool {
+        task.write_token.as_deref() == Some(self.token.as_str())
     }
 
     /// Applies the change to a task that [`matches`](Self::matches) it.
     pub fn apply_to(&self, task: &mut Task) {
         task.status = self.status;
         task.attempts = self.attempts;
+        task.runs = self.runs;
+        task.write_token = Some(self.token.clone());
         task.updated_at = self.updated_at;
         self.started_at.apply(&mut task.started_at);
         self.finished_at.apply(&mut task.finished_at);
@@ -317,6 +345,7 @@ mod tests {
             priority: Priority::Normal,
             status,
             attempts,
+            runs: attempts,
             max_attempts: 3,
             cancel_requested: false,
         }
@@ -355,10 +384,27 @@ mod tests {
     }
 
     #[test]
-    fn revive_starts_attempts_over() {
+    fn revive_starts_attempts_over_but_never_runs() {
         let c = Transition::Revive.plan(snap(Status::Dead, 3), Utc::now()).unwrap();
         assert_eq!((c.status, c.attempts, c.expect_attempts), (Status::Queued, 0, 3));
+        assert_eq!((c.runs, c.expect_runs), (3, 3));
         assert_eq!(c.finished_at, Field::Clear);
+        let mut revived = snap(Status::Queued, 0);
+        revived.runs = 3;
+        let started = Transition::Start {
+            lease_until: Utc::now(),
+        }
+        .plan(revived, Utc::now())
+        .unwrap();
+        assert_eq!((started.attempts, started.runs), (1, 4));
+    }
+
+    #[test]
+    fn every_change_has_its_own_token() {
+        let a = Transition::Revive.plan(snap(Status::Dead, 3), Utc::now()).unwrap();
+        let b = Transition::Revive.plan(snap(Status::Dead, 3), Utc::now()).unwrap();
+        assert_ne!(a.token, b.token);
+        assert_eq!(a.token.len(), 16);
     }
 
     #[test]

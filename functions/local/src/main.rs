@@ -25,7 +25,8 @@ OPTIONS:
     --api-only            serve the API without running the workers
     --sweep-every SECONDS run the sweeper this often (default 60; 0 = never)
     --faults SPEC         inject faults, e.g. store_throttle=0.05,send_fail=0.02,send_duplicate=0.1,
-                          store_error_after_write=0.02,crash_before_status_write=0.02,send_delay_max_ms=50
+                          store_error_after_write=0.02,store_retry_after_write=0.02,
+                          crash_before_status_write=0.02,send_delay_max_ms=50
     --redis-url URL       status cache, change messages and rate limits in Redis (as in AWS) instead
                           of in this process; also read from TASKQ_REDIS_URL
 

@@ -152,6 +152,7 @@ impl Sweeper {
             priority: t.priority,
             status: t.status,
             attempts: t.attempts,
+            runs: t.runs,
             max_attempts: t.max_attempts,
             cancel_requested: false,
         }

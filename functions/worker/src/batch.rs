@@ -217,8 +217,8 @@ impl Worker {
     }
 
     /// queued -> running with one conditional write. The attempt count is guessed from the
-    /// receive count; a wrong guess costs one more write, never a read (the failed write returns
-    /// the current item).
+    /// receive count (and the run count with it: they are equal until a redrive); a wrong guess
+    /// costs one more write, never a read (the failed write returns the current item).
     async fn start(
         &self,
         message: &TaskMessage,
@@ -229,6 +229,7 @@ impl Worker {
             priority: message.priority,
             status: Status::Queued,
             attempts: receive_count.saturating_sub(1),
+            runs: receive_count.saturating_sub(1),
             max_attempts: u32::MAX,
             cancel_requested: false,
         };

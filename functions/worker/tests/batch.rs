@@ -489,3 +489,46 @@ mod webhook {
         }
     }
 }
+
+/// Every store write's response is lost and the write sent again (the SDK's retry): the start
+/// must not back off from its own lease, and with one attempt the task must run once and
+/// succeed, not fail `attempts_exhausted` without running.
+#[tokio::test]
+async fn a_start_retried_after_a_lost_response_runs_the_task_once() {
+    use taskq_core::faults::{FaultCounts, FaultPlan, FaultyStore};
+    let memory = Arc::new(MemoryTaskStore::new());
+    let queue = Arc::new(MemoryTaskQueue::new(MemoryQueueConfig::default()));
+    let counts = Arc::new(FaultCounts::default());
+    let store: Arc<dyn TaskStore> = Arc::new(FaultyStore::new(
+        memory.clone(),
+        FaultPlan {
+            store_retry_after_write: 1.0,
+            ..FaultPlan::default()
+        },
+        counts.clone(),
+    ));
+    let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut registry = Registry::new();
+    registry.register("counting", Counting(runs.clone()));
+    let e = Env {
+        service: TaskService::new(store.clone(), queue.clone()),
+        worker: Worker::new(store, queue.clone(), registry, WorkerConfig::default()),
+        store: memory,
+        queue,
+    };
+    let t = e.submit(json!({"type": "counting", "max_attempts": 1})).await;
+    assert!(e.poll(Priority::Normal).await.is_empty());
+    let done = e.task(&t).await;
+    assert_eq!((done.status, done.attempts), (Status::Succeeded, 1), "{done:?}");
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        kinds(&done),
+        [EventKind::Submitted, EventKind::Started, EventKind::Succeeded]
+    );
+    assert!(
+        counts
+            .store_retries_after_write
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 3
+    );
+}

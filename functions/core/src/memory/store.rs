@@ -67,6 +67,11 @@ impl TaskStore for MemoryTaskStore {
             if let Some((fingerprint, id, expires_at)) = user.keys.get(&claim.key) {
                 if *expires_at > Utc::now() {
                     if let Some(existing) = user.tasks.get(id) {
+                        // As the DynamoDB store: the key names this very task, so an earlier try
+                        // of this create was applied (its response lost).
+                        if existing.id == task.id {
+                            return Ok(Created::New(existing.clone()));
+                        }
                         return Ok(Created::Existing {
                             task: existing.clone(),
                             same_request: *fingerprint == claim.fingerprint,
@@ -75,9 +80,13 @@ impl TaskStore for MemoryTaskStore {
                 }
             }
         }
-        if user.tasks.contains_key(&task.id) {
+        if let Some(existing) = user.tasks.get(&task.id) {
+            // The same create tried again after its response was lost: it was applied.
+            if existing.write_token.is_some() && existing.write_token == task.write_token {
+                return Ok(Created::New(existing.clone()));
+            }
             return Err(StoreError::Conflict {
-                current: user.tasks.get(&task.id).cloned().map(Box::new),
+                current: Some(Box::new(existing.clone())),
             });
         }
         user.tasks.insert(task.id, task.clone());
@@ -126,6 +135,10 @@ impl TaskStore for MemoryTaskStore {
             .and_then(|u| u.tasks.get_mut(&id))
             .ok_or(StoreError::Conflict { current: None })?;
         if !change.matches(task) {
+            // As the DynamoDB store: a retry of a write that was applied finds its own token.
+            if change.applied_in(task) {
+                return Ok(task.clone());
+            }
             return Err(StoreError::Conflict {
                 current: Some(Box::new(task.clone())),
             });
