@@ -472,6 +472,9 @@ where
             StoreError::Throttled(Box::new(e))
         }
         Some("ConditionalCheckFailedException") => StoreError::Conflict { current: None },
+        // "Item size has exceeded the maximum allowed size" (PutItem) / "Item size to update
+        // has exceeded the maximum allowed size" (UpdateItem): not retryable.
+        Some("ValidationException") if e.message().is_some_and(|m| m.contains("Item size")) => StoreError::ItemTooLarge,
         _ => StoreError::Unavailable(Box::new(e)),
     }
 }

@@ -18,6 +18,9 @@ const MAX_RECEIVES: u32 = 2;
 struct Backends {
     store: Arc<dyn TaskStore>,
     queue: Arc<dyn TaskQueue>,
+    /// Whether a refused write leaves the item untouched, as in DynamoDB. moto applies part of
+    /// an UpdateItem before it refuses it for size; what it leaves is checked on memory only.
+    refusals_apply_nothing: bool,
 }
 
 fn memory() -> Option<Backends> {
@@ -27,6 +30,7 @@ fn memory() -> Option<Backends> {
             visibility_timeout: Duration::from_secs(120),
             max_receive_count: MAX_RECEIVES,
         })),
+        refusals_apply_nothing: true,
     })
 }
 
@@ -37,6 +41,7 @@ async fn moto(test: &str) -> Option<Backends> {
     Some(Backends {
         store: Arc::new(store),
         queue: Arc::new(queue),
+        refusals_apply_nothing: false,
     })
 }
 
@@ -64,6 +69,7 @@ contract!(
     a_replay_sends_the_message_a_failed_first_request_did_not,
     a_stale_worker_from_before_a_redrive_cannot_commit_onto_the_new_run,
     a_write_retried_after_a_lost_response_is_its_own_success,
+    a_write_past_400_kb_is_refused_as_too_large,
     queue_sends_receives_and_deletes,
     queue_redelivers_after_visibility_and_counts_receives,
     queue_dead_letters_after_max_receives,
@@ -558,6 +564,56 @@ async fn a_write_retried_after_a_lost_response_is_its_own_success(b: Backends) {
             .store_retries_after_write
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 4
+    );
+}
+
+/// DynamoDB refuses an item over 400 KB ("Item size has exceeded the maximum allowed size"),
+/// and so must the embedded store: a test of item growth on a store without the limit proves
+/// nothing. The refusal is `ItemTooLarge` (not "unavailable": retrying cannot help), and the
+/// task is left as it was.
+async fn a_write_past_400_kb_is_refused_as_too_large(b: Backends) {
+    let service = TaskService::new(b.store.clone(), b.queue.clone());
+    let big = NewTask::from_json(&json!({"type": "echo", "payload": "p".repeat(250_000)}), "").unwrap();
+    let t = service.submit("max", &big, None).await.unwrap().task;
+    let running = b
+        .store
+        .apply(
+            "max",
+            t.id,
+            &Transition::Start {
+                lease_until: Utc::now() + chrono::Duration::seconds(60),
+            }
+            .plan(Snapshot::from(&t), Utc::now())
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let too_big = Transition::Succeed {
+        result: json!("r".repeat(200_000)),
+    }
+    .plan(Snapshot::from(&running), Utc::now())
+    .unwrap();
+    match b.store.apply("max", t.id, &too_big).await {
+        Err(StoreError::ItemTooLarge) => {}
+        Err(other) => panic!("expected ItemTooLarge, got {other:?}"),
+        Ok(task) => panic!("a {} KB item was written", task.item_bytes() / 1000),
+    }
+    if !b.refusals_apply_nothing {
+        return;
+    }
+    assert!(
+        b.store.get("max", t.id).await.unwrap().unwrap() == running,
+        "the refused write changed the task"
+    );
+    // A result that fits still lands.
+    let fits = Transition::Succeed {
+        result: json!("r".repeat(100_000)),
+    }
+    .plan(Snapshot::from(&running), Utc::now())
+    .unwrap();
+    assert_eq!(
+        b.store.apply("max", t.id, &fits).await.unwrap().status,
+        Status::Succeeded
     );
 }
 

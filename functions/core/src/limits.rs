@@ -6,10 +6,12 @@ pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 pub const MAX_SUBMIT_BODY_BYTES: usize = MAX_PAYLOAD_BYTES + 16 * 1024;
 /// Largest request body of `POST /v1/tasks/batch`: the Lambda synchronous invocation limit.
 pub const MAX_BATCH_BODY_BYTES: usize = 6 * 1024 * 1024 - 64 * 1024;
-/// A DynamoDB item holds at most 400 KB; payload, result and history share it.
+/// A DynamoDB item holds at most 400 KB; payload, result and history share it. (DynamoDB's
+/// limit is 400 KiB; the decimal figure keeps a margin for the estimate.)
 pub const MAX_ITEM_BYTES: usize = 400 * 1000;
-/// Room kept in an item for attributes other than payload and result, history included.
-pub const ITEM_OVERHEAD_BYTES: usize = 40 * 1024;
+/// Room kept in an item, when a result is budgeted, for the writes that may follow it: the
+/// terminal event, a webhook outcome, a failure in its place.
+pub const ITEM_RESERVE_BYTES: usize = 4 * 1024;
 pub const MAX_BATCH_ITEMS: usize = 100;
 pub const MAX_DELAY_SECONDS: u32 = 900;
 /// Farthest ahead `run_at` may be. Past SQS's own delay (`MAX_DELAY_SECONDS`) a task waits in
@@ -28,11 +30,12 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 /// Idempotency keys are remembered this long, then a key may be used again.
 pub const IDEMPOTENCY_TTL_SECONDS: i64 = 24 * 3600;
 
-/// The largest result a handler may return for a task whose payload has `payload_bytes`:
-/// whatever the item has left, capped at the payload limit.
-pub fn max_result_bytes(payload_bytes: usize) -> usize {
+/// The largest result a handler may return for a task whose item holds `item_bytes` now
+/// ([`crate::Task::item_bytes`]): whatever the item has left after the reserve, capped at the
+/// payload limit.
+pub fn max_result_bytes(item_bytes: usize) -> usize {
     MAX_ITEM_BYTES
-        .saturating_sub(ITEM_OVERHEAD_BYTES)
-        .saturating_sub(payload_bytes)
+        .saturating_sub(ITEM_RESERVE_BYTES)
+        .saturating_sub(item_bytes)
         .min(MAX_PAYLOAD_BYTES)
 }

@@ -23,6 +23,10 @@ pub enum StoreError {
     Conflict { current: Option<Box<Task>> },
     #[error("the store is throttling requests")]
     Throttled(#[source] Cause),
+    /// The write would make the task's item larger than the store allows (DynamoDB: 400 KB).
+    /// It was not applied; trying it again cannot help.
+    #[error("the task's item would exceed the store's item size limit")]
+    ItemTooLarge,
     #[error("the store failed")]
     Unavailable(#[source] Cause),
 }

@@ -147,13 +147,27 @@ pub struct TaskFailure {
     pub message: String,
 }
 
+/// Longest `error.kind` and `error.message` kept: a handler's error text is stored in the item
+/// (twice: the error and the history event), which holds at most 400 KB in all.
+pub const MAX_ERROR_KIND_CHARS: usize = 64;
+pub const MAX_ERROR_MESSAGE_CHARS: usize = 1000;
+
 impl TaskFailure {
+    /// Cuts `kind` and `message` to [`MAX_ERROR_KIND_CHARS`] and [`MAX_ERROR_MESSAGE_CHARS`].
     pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
-            kind: kind.into(),
-            message: message.into(),
+            kind: cut(kind.into(), MAX_ERROR_KIND_CHARS),
+            message: cut(message.into(), MAX_ERROR_MESSAGE_CHARS),
         }
     }
+}
+
+fn cut(mut s: String, max_chars: usize) -> String {
+    if let Some((i, _)) = s.char_indices().nth(max_chars) {
+        s.truncate(i);
+        s.push('…');
+    }
+    s
 }
 
 /// What happened to a task. `seq` counts from 1 in the order events were written.
@@ -261,6 +275,29 @@ pub struct Task {
     pub write_token: Option<String>,
     #[serde(skip)]
     pub history: Vec<TaskEvent>,
+}
+
+impl Task {
+    /// The size of this task's DynamoDB item, estimated as DynamoDB counts it (attribute names
+    /// and values, strings as UTF-8 bytes) from above: the public JSON (payload and result are
+    /// stored as their JSON text, the same bytes), the history as JSON (a map's braces, quotes
+    /// and colons count more than DynamoDB does), and the keys and bookkeeping attributes. The
+    /// embedded store refuses writes past [`crate::limits::MAX_ITEM_BYTES`] by it, as DynamoDB
+    /// refuses items past 400 KB, and the worker budgets results with it.
+    pub fn item_bytes(&self) -> usize {
+        let public = json_len(self);
+        let history: usize = self.history.iter().map(json_len).sum();
+        // pk, sk, gsi1pk, gsi1sk, gsi2pk, gsi2sk (each holding the user id or the task id, and
+        // a prefix), user_id, runs, write_token, lease_until: names and values.
+        let keys = 3 * self.user_id.len() + 300;
+        public + history + keys
+    }
+}
+
+/// Serialized length. Serializing a task or an event cannot fail (no maps with non-string
+/// keys); were it to, the item counts as full.
+fn json_len<T: Serialize>(v: &T) -> usize {
+    serde_json::to_vec(v).map(|v| v.len()).unwrap_or(usize::MAX / 4)
 }
 
 /// See [`Task::send_delay`].

@@ -162,8 +162,8 @@ impl Worker {
         let transition = match outcome {
             Ok(result) => {
                 let size = serde_json::to_vec(&result).map(|v| v.len()).unwrap_or(usize::MAX);
-                let payload_size = serde_json::to_vec(&task.payload).map(|v| v.len()).unwrap_or(0);
-                let limit = max_result_bytes(payload_size);
+                // Budgeted against what the item holds now (payload, history, error texts).
+                let limit = max_result_bytes(task.item_bytes());
                 if size > limit {
                     Transition::Fail {
                         error: TaskFailure::new(
@@ -192,6 +192,10 @@ impl Worker {
                         ran,
                     )
                     .await?;
+                if after.as_ref().is_some_and(|t| t.status.is_terminal()) {
+                    // The retry could not be recorded (the item is full) and the task failed.
+                    return Ok(Outcome::Done);
+                }
                 if let Some(after) = after.filter(|t| t.cancel_requested) {
                     // Cancellation was asked for while this attempt ran: honour it, no retry.
                     self.finish(
@@ -394,6 +398,7 @@ impl Worker {
         transition: Transition,
         ran: Option<(Timing, Duration)>,
     ) -> Result<Option<Task>, StoreError> {
+        let failing_for_size = matches!(&transition, Transition::Fail { error } if error.kind == "item_too_large");
         let change = match transition.plan(Snapshot::from(task), Utc::now()) {
             Ok(c) => c,
             Err(e) => {
@@ -402,6 +407,21 @@ impl Worker {
             }
         };
         match self.store.apply(&task.user_id, task.id, &change).await {
+            // The outcome does not fit the item (400 KB): fail the task once, saying so, rather
+            // than retrying a write that can never land (and re-running the handler).
+            Err(StoreError::ItemTooLarge) if !failing_for_size => {
+                warn!(to = %change.status, "the outcome does not fit the task's item; failing the task");
+                let fail = Transition::Fail {
+                    error: TaskFailure::new(
+                        "item_too_large",
+                        format!(
+                            "the {} outcome of this attempt does not fit the task's 400 KB item",
+                            change.status
+                        ),
+                    ),
+                };
+                Box::pin(self.finish(task, fail, ran)).await
+            }
             Ok(after) => {
                 info!(status = %after.status, attempt = after.attempts, "attempt finished");
                 // Counted once the write landed: a duplicate delivery's outcome is not counted.

@@ -532,3 +532,78 @@ async fn a_start_retried_after_a_lost_response_runs_the_task_once() {
             >= 3
     );
 }
+
+/// Fails its first two attempts with a 200,000-character error message, then succeeds with a
+/// 60 KB result; counts its runs.
+struct Bloat(Arc<std::sync::atomic::AtomicU32>);
+#[async_trait]
+impl TaskHandler for Bloat {
+    async fn run(&self, ctx: TaskContext) -> Result<Value, HandlerError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if ctx.attempt() <= 2 {
+            return Err(HandlerError::retryable("noisy", "e".repeat(200_000)));
+        }
+        Ok(Value::String("r".repeat(60_000)))
+    }
+}
+
+/// A 200 KB payload, two failures with huge error texts, then a 60 KB result: unbounded error
+/// texts in the error and the history would pass DynamoDB's 400 KB item limit (which the
+/// embedded store enforces), the success write would never land and the handler would re-run
+/// until its attempts ran out. Error texts are cut, and the task succeeds on its third attempt,
+/// having run three times.
+#[tokio::test]
+async fn huge_error_texts_are_cut_so_the_item_stays_under_400_kb_and_the_task_succeeds() {
+    let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let r = runs.clone();
+    let e = env_with(move |reg| {
+        reg.register("bloat", Bloat(r));
+    });
+    let t = e
+        .submit(json!({"type": "bloat", "payload": "p".repeat(200_000), "max_attempts": 3}))
+        .await;
+    let done = e.settle(&t).await;
+    assert_eq!((done.status, done.attempts), (Status::Succeeded, 3), "{:?}", done.error);
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 3);
+    for event in &done.history {
+        assert!(
+            event.detail.as_deref().unwrap_or("").chars().count() <= 1100,
+            "{:?}",
+            event.kind
+        );
+    }
+    assert!(done.item_bytes() <= taskq_core::limits::MAX_ITEM_BYTES);
+}
+
+/// A result that does not fit what the item has left fails the task once, clearly, with
+/// `result_too_large`; the handler is not run again.
+#[tokio::test]
+async fn a_result_that_cannot_fit_fails_the_task_once() {
+    let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let r = runs.clone();
+    let e = env_with(move |reg| {
+        reg.register("counting", Counting(r));
+        reg.register("echo_twice", EchoTwice);
+    });
+    // 250 KB payload; echo_twice returns 500 KB.
+    let t = e
+        .submit(json!({"type": "echo_twice", "payload": "p".repeat(250_000), "max_attempts": 3}))
+        .await;
+    let done = e.settle(&t).await;
+    assert_eq!((done.status, done.attempts), (Status::Failed, 1));
+    assert_eq!(done.error.as_ref().unwrap().kind, "result_too_large");
+    assert_eq!(
+        kinds(&done),
+        [EventKind::Submitted, EventKind::Started, EventKind::Failed]
+    );
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// Returns its payload twice over.
+struct EchoTwice;
+#[async_trait]
+impl TaskHandler for EchoTwice {
+    async fn run(&self, ctx: TaskContext) -> Result<Value, HandlerError> {
+        Ok(json!([ctx.payload(), ctx.payload()]))
+    }
+}

@@ -80,6 +80,9 @@ impl TaskStore for MemoryTaskStore {
                 }
             }
         }
+        if task.item_bytes() > crate::limits::MAX_ITEM_BYTES {
+            return Err(StoreError::ItemTooLarge);
+        }
         if let Some(existing) = user.tasks.get(&task.id) {
             // The same create tried again after its response was lost: it was applied.
             if existing.write_token.is_some() && existing.write_token == task.write_token {
@@ -143,7 +146,13 @@ impl TaskStore for MemoryTaskStore {
                 current: Some(Box::new(task.clone())),
             });
         }
-        change.apply_to(task);
+        // DynamoDB refuses an update whose result exceeds 400 KB; so does this store.
+        let mut after = task.clone();
+        change.apply_to(&mut after);
+        if after.item_bytes() > crate::limits::MAX_ITEM_BYTES {
+            return Err(StoreError::ItemTooLarge);
+        }
+        *task = after;
         let task = task.clone();
         state.index(&task);
         Ok(task)
@@ -161,10 +170,15 @@ impl TaskStore for MemoryTaskStore {
                 current: Some(Box::new(task.clone())),
             });
         }
-        task.history.push(TaskEvent {
+        let mut after = task.clone();
+        after.history.push(TaskEvent {
             seq: expect_seq + 1,
             ..event.clone()
         });
+        if after.item_bytes() > crate::limits::MAX_ITEM_BYTES {
+            return Err(StoreError::ItemTooLarge);
+        }
+        *task = after;
         Ok(task.clone())
     }
 
