@@ -17,9 +17,13 @@ import sys
 import threading
 
 from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.responses import DynamoHandler
 from moto.server import main
 
-_ITEM_OPERATIONS = (
+# The backend's table and item operations, and the whole handling of each DynamoDB request
+# (moto builds a response from the live item after the backend call returns: copying it while
+# another request writes it fails the same way).
+_BACKEND_OPERATIONS = (
     "create_table",
     "delete_table",
     "update_table",
@@ -47,8 +51,9 @@ def _atomic(operation):
     return locked
 
 
-for _name in _ITEM_OPERATIONS:
+for _name in _BACKEND_OPERATIONS:
     setattr(DynamoDBBackend, _name, _atomic(getattr(DynamoDBBackend, _name)))
+DynamoHandler.call_action = _atomic(DynamoHandler.call_action)
 
 if __name__ == "__main__":
     sys.exit(main())

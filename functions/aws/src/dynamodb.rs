@@ -313,7 +313,8 @@ impl TaskStore for DynamoDbTaskStore {
             .table_name(&self.table)
             .set_key(Some(Self::key(user_id, item::task_sk(id))))
             .update_expression(u.expression())
-            .condition_expression("#status = :expect_status AND attempts = :expect_attempts AND #runs = :expect_runs")
+            // An item from before the run count has none: its attempt count stands for it.
+            .condition_expression(u.condition())
             .set_expression_attribute_names(Some(u.names))
             .set_expression_attribute_values(Some(u.values))
             .return_values(ReturnValue::AllNew)
@@ -389,6 +390,9 @@ impl Update {
         u.values.insert(":expect_status".into(), s(c.expect_status.as_str()));
         u.values.insert(":expect_attempts".into(), n(c.expect_attempts));
         u.values.insert(":expect_runs".into(), n(c.expect_runs));
+        if let Some(at) = c.expect_updated_at {
+            u.values.insert(":expect_updated_at".into(), time(at));
+        }
         u.assign("status", s(c.status.as_str()));
         u.assign("runs", n(c.runs));
         u.assign("write_token", s(&c.token));
@@ -441,6 +445,16 @@ impl Update {
                 self.remove.push(format!("#{name}"));
             }
         }
+    }
+
+    /// The expected state: status, attempts, runs, and for changes that move none of those
+    /// (notes such as a re-send or a cancel request) the `updated_at` the caller read.
+    fn condition(&self) -> String {
+        let mut c = "#status = :expect_status AND attempts = :expect_attempts AND (#runs = :expect_runs OR attribute_not_exists(#runs))".to_owned();
+        if self.values.contains_key(":expect_updated_at") {
+            c.push_str(" AND #updated_at = :expect_updated_at");
+        }
+        c
     }
 
     fn expression(&self) -> String {

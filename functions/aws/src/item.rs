@@ -76,8 +76,10 @@ struct TaskItem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<TaskFailure>,
     attempts: u32,
+    /// Absent on items written before the run count existed: until their first start, their
+    /// run count is their attempt count (no redrive could have happened in between).
     #[serde(default)]
-    runs: u32,
+    runs: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     write_token: Option<String>,
     max_attempts: u32,
@@ -163,7 +165,7 @@ pub fn to_item(task: &Task) -> Result<Item, ItemError> {
         result: task.result.as_ref().map(json_text),
         error: task.error.clone(),
         attempts: task.attempts,
-        runs: task.runs,
+        runs: Some(task.runs),
         write_token: task.write_token.clone(),
         max_attempts: task.max_attempts,
         timeout_seconds: task.timeout_seconds,
@@ -189,7 +191,7 @@ struct ActiveItem {
     status: Status,
     attempts: u32,
     #[serde(default)]
-    runs: u32,
+    runs: Option<u32>,
     max_attempts: u32,
     timeout_seconds: u32,
     updated_at: DateTime<Utc>,
@@ -207,7 +209,7 @@ pub fn active_from_item(item: Item) -> Result<taskq_core::ActiveTask, ItemError>
         priority: it.priority,
         status: it.status,
         attempts: it.attempts,
-        runs: it.runs,
+        runs: it.runs.unwrap_or(it.attempts),
         max_attempts: it.max_attempts,
         timeout_seconds: it.timeout_seconds,
         updated_at: it.updated_at,
@@ -237,7 +239,7 @@ pub fn from_item(item: Item) -> Result<Task, ItemError> {
         finished_at: it.finished_at,
         run_at: it.run_at,
         lease_until: it.lease_until,
-        runs: it.runs,
+        runs: it.runs.unwrap_or(it.attempts),
         write_token: it.write_token,
         cancel_requested: it.cancel_requested,
         callback_url: it.callback_url,
@@ -333,6 +335,16 @@ mod tests {
         assert_eq!(item["gsi1pk"], AttributeValue::S("U#user-1#running".into()));
         assert!(!item.contains_key("finished_at"), "absent options are not written");
         assert_eq!(from_item(item).unwrap(), t);
+    }
+
+    #[test]
+    fn an_item_from_before_the_run_count_reads_its_attempts_as_runs() {
+        let mut item = to_item(&task()).unwrap();
+        item.remove("runs");
+        let t = from_item(item.clone()).unwrap();
+        assert_eq!(t.runs, t.attempts);
+        let active = active_from_item(item).unwrap();
+        assert_eq!(active.runs, active.attempts);
     }
 
     #[test]

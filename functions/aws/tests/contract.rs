@@ -70,6 +70,7 @@ contract!(
     a_stale_worker_from_before_a_redrive_cannot_commit_onto_the_new_run,
     a_write_retried_after_a_lost_response_is_its_own_success,
     a_write_past_400_kb_is_refused_as_too_large,
+    two_sweeps_racing_on_a_resend_write_once,
     queue_sends_receives_and_deletes,
     queue_redelivers_after_visibility_and_counts_receives,
     queue_dead_letters_after_max_receives,
@@ -615,6 +616,34 @@ async fn a_write_past_400_kb_is_refused_as_too_large(b: Backends) {
         b.store.apply("max", t.id, &fits).await.unwrap().status,
         Status::Succeeded
     );
+}
+
+/// A re-send moves neither status, attempts nor runs; it is conditioned on the `updated_at` its
+/// caller read, so of two sweeps that read the same task, one records the re-send (and sends)
+/// and the other's write fails. Its own retry after a lost response still counts as applied.
+async fn two_sweeps_racing_on_a_resend_write_once(b: Backends) {
+    let t = submit(&b, "rex", "normal").await;
+    let resend = || {
+        Transition::Resend {
+            reason: "stranded".into(),
+        }
+        .plan(Snapshot::from(&t), Utc::now())
+        .unwrap()
+    };
+    let (first, second) = (resend(), resend());
+    let applied = b.store.apply("rex", t.id, &first).await.unwrap();
+    assert!(matches!(
+        b.store.apply("rex", t.id, &second).await,
+        Err(StoreError::Conflict { current: Some(_) })
+    ));
+    assert_eq!(b.store.apply("rex", t.id, &first).await.unwrap(), applied);
+    let now = b.store.get("rex", t.id).await.unwrap().unwrap();
+    let resent = now
+        .history
+        .iter()
+        .filter(|e| e.kind == EventKind::MessageResent)
+        .count();
+    assert_eq!(resent, 1);
 }
 
 trait CloneWithNewId {

@@ -70,8 +70,11 @@ pub struct RedriveReport {
     pub path: Option<RedrivePath>,
 }
 
-/// Moves a priority's dead letters back to its queue, first resetting each one's task from
-/// `dead` to `queued` (attempts start over), so the worker runs it when the message arrives.
+/// Moves a priority's dead letters back to its queue, first resetting the task of each one it
+/// received from `dead` to `queued` (attempts start over). SQS's move task moves every dead
+/// letter, later, including ones this call never saw (short polls return a sample): the worker
+/// revives the task of any such message when it arrives (`taskq-worker`, recorded as
+/// `redriven`), so no task is left dead with its message gone.
 pub async fn redrive(
     store: &dyn TaskStore,
     queue: &dyn TaskQueue,

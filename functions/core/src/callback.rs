@@ -4,8 +4,9 @@
 //! A callback URL is attacker-chosen input that our own function will request (SSRF). In Lambda,
 //! `127.0.0.1:9001` is the Runtime API of the very function doing the delivery, so loopback,
 //! private, link-local and other non-public addresses are refused twice: here for IP literals at
-//! submission, and by `taskq-webhook`'s resolver for whatever a host name resolves to at delivery
-//! time (a name can point anywhere, and can change between the two).
+//! submission, and by the guarded outbound client (`taskq-outbound`, whose resolver judges what
+//! a host name resolves to when it connects: a name can point anywhere, and can change between
+//! the two).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -118,6 +119,10 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         return is_public_v4(v4);
     }
     let s = ip.segments();
+    // 64:ff9b:1::/48: local-use NAT64 (RFC 8215), translated inside someone's network.
+    if s[..3] == [0x64, 0xff9b, 1] {
+        return false;
+    }
     // 64:ff9b::/96 (NAT64) reaches the IPv4 address it embeds.
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         let [_, _, _, _, _, _, hi, lo] = s;
@@ -250,6 +255,7 @@ mod tests {
             "192.0.2.1",
             "0.1.2.3",
             "100.127.255.255",
+            "64:ff9b:1::a00:1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }

@@ -147,26 +147,49 @@ pub struct TaskFailure {
     pub message: String,
 }
 
-/// Longest `error.kind` and `error.message` kept: a handler's error text is stored in the item
-/// (twice: the error and the history event), which holds at most 400 KB in all.
-pub const MAX_ERROR_KIND_CHARS: usize = 64;
-pub const MAX_ERROR_MESSAGE_CHARS: usize = 1000;
+/// Longest `error.kind` and `error.message` kept, in UTF-8 bytes (what DynamoDB counts): a
+/// handler's error text is stored in the item (twice: the error and the history event), which
+/// holds at most 400 KB in all.
+pub const MAX_ERROR_KIND_BYTES: usize = 64;
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 1000;
 
 impl TaskFailure {
-    /// Cuts `kind` and `message` to [`MAX_ERROR_KIND_CHARS`] and [`MAX_ERROR_MESSAGE_CHARS`].
+    /// Cuts `kind` and `message` to [`MAX_ERROR_KIND_BYTES`] and [`MAX_ERROR_MESSAGE_BYTES`]
+    /// (on a character boundary; a cut message ends with `…`, within the limit).
     pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
-            kind: cut(kind.into(), MAX_ERROR_KIND_CHARS),
-            message: cut(message.into(), MAX_ERROR_MESSAGE_CHARS),
+            kind: cut(kind.into(), MAX_ERROR_KIND_BYTES),
+            message: cut(message.into(), MAX_ERROR_MESSAGE_BYTES),
         }
     }
 }
 
-fn cut(mut s: String, max_chars: usize) -> String {
-    if let Some((i, _)) = s.char_indices().nth(max_chars) {
-        s.truncate(i);
-        s.push('…');
+#[cfg(test)]
+mod failure_tests {
+    use super::*;
+
+    #[test]
+    fn error_texts_are_cut_by_bytes_on_a_character_boundary() {
+        let f = TaskFailure::new("k".repeat(100), "é".repeat(5000));
+        assert!(f.kind.len() <= MAX_ERROR_KIND_BYTES && f.kind.ends_with('…'));
+        assert!(f.message.len() <= MAX_ERROR_MESSAGE_BYTES && f.message.ends_with('…'));
+        assert!(f.message.len() > MAX_ERROR_MESSAGE_BYTES - 8);
+        let short = TaskFailure::new("kind", "short");
+        assert_eq!((short.kind.as_str(), short.message.as_str()), ("kind", "short"));
     }
+}
+
+fn cut(mut s: String, max_bytes: usize) -> String {
+    const MARK: char = '…';
+    if s.len() <= max_bytes {
+        return s;
+    }
+    let mut end = max_bytes.saturating_sub(MARK.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push(MARK);
     s
 }
 

@@ -3,8 +3,10 @@
 //! Stores apply a change only if the task is still in the expected state, so a duplicate delivery
 //! or a stale worker can never move a task twice. The run count never repeats over a task's life
 //! (a redrive starts `attempts` over but not `runs`), so a worker from before a redrive cannot
-//! commit onto the new run. Every change carries a fresh token, written with it: a write retried
-//! after a lost response (the SDK retries) finds its own token and counts as applied.
+//! commit onto the new run. Changes that move none of the three (a re-send, an enqueue, a cancel
+//! request) are conditioned on the `updated_at` their caller read as well. Every change carries
+//! a fresh token, written with it: a write retried after a lost response (the SDK retries)
+//! fails its condition against its own result, finds its own token there, and counts as applied.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -22,6 +24,10 @@ pub struct Snapshot {
     pub runs: u32,
     pub max_attempts: u32,
     pub cancel_requested: bool,
+    /// When the task was last written, if the caller read it: changes that move neither status,
+    /// attempts nor runs (a re-send, an enqueue, a cancel request) are conditioned on it, so two
+    /// callers racing on one task write once.
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 impl From<&Task> for Snapshot {
@@ -33,6 +39,7 @@ impl From<&Task> for Snapshot {
             runs: t.runs,
             max_attempts: t.max_attempts,
             cancel_requested: t.cancel_requested,
+            updated_at: Some(t.updated_at),
         }
     }
 }
@@ -104,6 +111,8 @@ pub struct StateChange {
     pub expect_status: Status,
     pub expect_attempts: u32,
     pub expect_runs: u32,
+    /// Set for changes that move neither status, attempts nor runs (see [`Snapshot::updated_at`]).
+    pub expect_updated_at: Option<DateTime<Utc>>,
     pub status: Status,
     pub attempts: u32,
     pub runs: u32,
@@ -172,6 +181,7 @@ impl Transition {
             expect_status: from,
             expect_attempts: current.attempts,
             expect_runs: current.runs,
+            expect_updated_at: None,
             status: to,
             attempts: current.attempts,
             runs: current.runs,
@@ -252,6 +262,7 @@ impl Transition {
                 }
             }
             Transition::RequestCancel => {
+                change.expect_updated_at = current.updated_at;
                 change.event.kind = EventKind::CancelRequested;
                 change.event.from = None;
                 change.event.to = None;
@@ -263,12 +274,14 @@ impl Transition {
                 change.error = Field::Set(TaskFailure::new("dead", detail));
             }
             Transition::Resend { reason } => {
+                change.expect_updated_at = current.updated_at;
                 change.event.kind = EventKind::MessageResent;
                 change.event.from = None;
                 change.event.to = None;
                 change.event.detail = Some(reason);
             }
             Transition::Enqueue { run_at } => {
+                change.expect_updated_at = current.updated_at;
                 change.event.kind = EventKind::Enqueued;
                 change.event.from = None;
                 change.event.to = None;
@@ -293,7 +306,10 @@ impl Transition {
 impl StateChange {
     /// Whether `task` is in the state this change expects.
     pub fn matches(&self, task: &Task) -> bool {
-        task.status == self.expect_status && task.attempts == self.expect_attempts && task.runs == self.expect_runs
+        task.status == self.expect_status
+            && task.attempts == self.expect_attempts
+            && task.runs == self.expect_runs
+            && self.expect_updated_at.is_none_or(|at| task.updated_at == at)
     }
 
     /// Whether `task` is this change already applied: the answer to a write whose condition
@@ -348,6 +364,7 @@ mod tests {
             runs: attempts,
             max_attempts: 3,
             cancel_requested: false,
+            updated_at: None,
         }
     }
 

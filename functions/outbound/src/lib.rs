@@ -64,6 +64,8 @@ pub struct Policy {
     /// From the start of the request to the end of the body read.
     pub total_timeout: Duration,
     /// Body bytes read at most; the rest is not read (the response says it was truncated).
+    /// 0: the body is not read at all (the status is the answer), so a receiver that stalls
+    /// after its status line cannot turn a success into a timeout.
     pub max_response_bytes: usize,
     pub user_agent: String,
 }
@@ -322,6 +324,13 @@ impl Outbound {
         let cap = self.inner.policy.max_response_bytes;
         let mut body = Vec::new();
         let mut truncated = false;
+        if cap == 0 {
+            return Ok(Response {
+                status,
+                body,
+                truncated,
+            });
+        }
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
             let room = cap - body.len();
             if chunk.len() > room {

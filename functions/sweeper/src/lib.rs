@@ -27,6 +27,8 @@ use tracing::{info, warn};
 pub struct SweeperConfig {
     /// How long past due a queued task may wait before its message is presumed lost. Keep it
     /// above the queue backlog you expect: a re-send during a backlog only adds a duplicate.
+    /// Also how long a task must have made no progress before a dead letter of its marks it
+    /// dead (a live message or attempt may still finish it until then).
     pub stranded_after: Duration,
     /// How long dead letters stay hidden while a sweep reads them; released when it is done,
     /// so an operator's redrive always finds them.
@@ -68,7 +70,17 @@ pub struct SweepReport {
     pub resent_expired_leases: u64,
     pub dead_letters_seen: u64,
     pub marked_dead: u64,
+    /// Dead letters whose task could still finish (a live lease, or recent progress): left for
+    /// a later sweep.
+    pub dead_letters_deferred: u64,
     pub errors: u64,
+}
+
+/// What became of one dead letter's task.
+enum Marked {
+    Dead,
+    Deferred,
+    Nothing,
 }
 
 #[derive(Clone)]
@@ -88,15 +100,17 @@ impl Sweeper {
     pub async fn sweep(&self) -> SweepReport {
         let mut report = SweepReport::default();
         for p in Priority::ALL {
+            // Dead letters first: a quiet task whose message the queue gave up on is marked dead
+            // before the stranded rule would send it yet another message.
+            if let Err(e) = self.sweep_dead_letters(*p, &mut report).await {
+                warn!(priority = %p, error = %e, "sweep of a dead-letter queue stopped");
+                report.errors += 1;
+            }
             for shard in 0..ACTIVE_SHARDS {
                 if let Err(e) = self.sweep_shard(*p, shard, &mut report).await {
                     warn!(priority = %p, shard, error = %e, "sweep of a shard stopped");
                     report.errors += 1;
                 }
-            }
-            if let Err(e) = self.sweep_dead_letters(*p, &mut report).await {
-                warn!(priority = %p, error = %e, "sweep of a dead-letter queue stopped");
-                report.errors += 1;
             }
         }
         info!(?report, "sweep done");
@@ -155,6 +169,7 @@ impl Sweeper {
             runs: t.runs,
             max_attempts: t.max_attempts,
             cancel_requested: false,
+            updated_at: Some(t.updated_at),
         }
     }
 
@@ -231,38 +246,50 @@ impl Sweeper {
                     warn!(message_id = %d.message_id, "dead letter is not a task message");
                     continue;
                 };
-                if self.mark_dead(&message, d.receive_count).await? {
-                    report.marked_dead += 1;
+                match self.mark_dead(&message, d.receive_count).await? {
+                    Marked::Dead => report.marked_dead += 1,
+                    Marked::Deferred => report.dead_letters_deferred += 1,
+                    Marked::Nothing => {}
                 }
             }
         }
         Ok(())
     }
 
-    async fn mark_dead(&self, message: &TaskMessage, receives: u32) -> Result<bool, StoreError> {
+    /// Marks the task of a dead letter dead, unless something can still finish it: an attempt
+    /// under a live lease (its result would be dropped), or progress within `stranded_after` (a
+    /// start, a retry, a re-send: another message or attempt is at work; duplicates are normal).
+    /// A deferred dead letter is released and looked at again by a later sweep.
+    async fn mark_dead(&self, message: &TaskMessage, receives: u32) -> Result<Marked, StoreError> {
         let Some(mut task) = self.store.get(&message.user_id, message.task_id).await? else {
-            return Ok(false);
+            return Ok(Marked::Nothing);
         };
+        let quiet = chrono::Duration::from_std(self.config.stranded_after).unwrap_or_default();
         for _ in 0..3 {
             if task.status.is_terminal() {
-                return Ok(false);
+                return Ok(Marked::Nothing);
+            }
+            let now = Utc::now();
+            let live_lease = task.status == Status::Running && task.lease_until.is_some_and(|l| l > now);
+            if live_lease || task.updated_at + quiet > now {
+                return Ok(Marked::Deferred);
             }
             let detail = format!("its message reached the {} dead-letter queue", task.priority);
             let change = match (Transition::Dead { detail }).plan(Snapshot::from(&task), Utc::now()) {
                 Ok(c) => c,
-                Err(_) => return Ok(false),
+                Err(_) => return Ok(Marked::Nothing),
             };
             match self.store.apply(&task.user_id, task.id, &change).await {
                 Ok(dead) => {
                     info!(task_id = %task.id, user_id = %task.user_id, priority = %task.priority, receives, "marked dead");
                     taskq_core::metrics::record(taskq_core::metrics::Counter::Dead, &dead, None);
-                    return Ok(true);
+                    return Ok(Marked::Dead);
                 }
                 Err(StoreError::Conflict { current: Some(now) }) => task = *now,
-                Err(StoreError::Conflict { current: None }) => return Ok(false),
+                Err(StoreError::Conflict { current: None }) => return Ok(Marked::Nothing),
                 Err(e) => return Err(e),
             }
         }
-        Ok(false)
+        Ok(Marked::Nothing)
     }
 }

@@ -94,8 +94,21 @@ async fn dead_letters_mark_their_tasks_dead_and_redrive_brings_them_back() {
         .unwrap()
         .is_empty());
 
+    // Just submitted, the task may still be started by another message: the dead letter waits.
+    let report = e.sweeper.sweep().await;
+    assert_eq!(
+        (
+            report.dead_letters_seen,
+            report.marked_dead,
+            report.dead_letters_deferred
+        ),
+        (1, 0, 1)
+    );
+    // Quiet for stranded_after (300 ms here): the queue gave up on it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let report = e.sweeper.sweep().await;
     assert_eq!((report.dead_letters_seen, report.marked_dead), (1, 1));
+    assert_eq!(report.resent_stranded, 0, "marked dead, not sent yet another message");
     let dead = e.store.get("u", t.id).await.unwrap().unwrap();
     assert_eq!(dead.status, Status::Dead);
     assert_eq!(dead.error.unwrap().kind, "dead");
@@ -188,4 +201,69 @@ async fn a_task_scheduled_days_ahead_waits_in_the_table_and_is_enqueued_when_nea
     assert_eq!(e.queue.stats(Priority::Normal).await.unwrap().delayed, 2);
     let far = e.store.get("u", far.id).await.unwrap().unwrap();
     assert!(taskq_core::ActiveTask::from(&far).awaiting_enqueue());
+}
+
+/// A duplicate of a running task's message reaches the DLQ (duplicates are normal: replays,
+/// re-sends) while the attempt holds a live lease. Marking the task dead would drop the
+/// attempt's result and tell the user `dead`; the dead letter is left for a later sweep, and the
+/// attempt's success lands.
+#[tokio::test]
+async fn a_dead_letter_does_not_kill_a_task_running_under_a_live_lease() {
+    let e = env();
+    let new = NewTask::from_json(&json!({"type": "echo"}), "").unwrap();
+    let service = TaskService::new(e.store.clone(), e.queue.clone());
+    let t = service.submit("u", &new, None).await.unwrap().task;
+    let running = e
+        .store
+        .apply(
+            "u",
+            t.id,
+            &Transition::Start {
+                lease_until: Utc::now() + chrono::Duration::seconds(60),
+            }
+            .plan(Snapshot::from(&t), Utc::now())
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    // The message is received twice without being deleted (max_receive_count 1): dead letter.
+    let got = e.queue.receive(Priority::Normal, 10, Duration::ZERO).await.unwrap();
+    e.queue
+        .change_visibility(Priority::Normal, &got[0].receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(e
+        .queue
+        .receive(Priority::Normal, 10, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let report = e.sweeper.sweep().await;
+    assert_eq!(
+        (
+            report.dead_letters_seen,
+            report.marked_dead,
+            report.dead_letters_deferred
+        ),
+        (1, 0, 1)
+    );
+    let done = e
+        .store
+        .apply(
+            "u",
+            t.id,
+            &Transition::Succeed { result: json!("done") }
+                .plan(Snapshot::from(&running), Utc::now())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.status, Status::Succeeded);
+    assert_eq!(
+        e.sweeper.sweep().await.marked_dead,
+        0,
+        "a finished task is never marked dead"
+    );
 }

@@ -104,8 +104,8 @@ impl Deliverer {
                 max_redirects: 0,
                 connect_timeout: policy.attempt_timeout,
                 total_timeout: policy.attempt_timeout,
-                // Only the status matters; a receiver's body is not kept.
-                max_response_bytes: 1024,
+                // Only the status matters: the body is not read.
+                max_response_bytes: 0,
                 user_agent: concat!("taskq-webhook/", env!("CARGO_PKG_VERSION")).to_owned(),
             },
             lookup,

@@ -180,6 +180,12 @@ impl Webhooks {
                     expect = version(&now);
                 }
                 Err(StoreError::Conflict { current: None }) => return Ok(Processed::Gone),
+                // The task's item is full: the outcome cannot be recorded, ever. Retrying the
+                // record would only deliver the webhook again.
+                Err(StoreError::ItemTooLarge) => {
+                    tracing::error!(task_id = %task.id, delivery = %delivery.id, "webhook outcome not recorded: the task's item is full");
+                    return Ok(Processed::Done(outcome));
+                }
                 Err(e) => return Err(WebhookError::Record(outcome, e)),
             }
         }

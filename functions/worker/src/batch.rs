@@ -236,7 +236,10 @@ impl Worker {
             runs: receive_count.saturating_sub(1),
             max_attempts: u32::MAX,
             cancel_requested: false,
+            updated_at: None,
         };
+        // Set when the task turns out to be dead because the queue gave up on a message.
+        let mut given_up = false;
         for _ in 0..START_RACE_RETRIES {
             let now = Utc::now();
             let transition = match current.status {
@@ -246,6 +249,11 @@ impl Worker {
                 Status::Running => Transition::TakeOver {
                     lease_until: now + self.lease(message.timeout_seconds),
                 },
+                // A message for a task the queue gave up on: it was redriven from the dead-letter
+                // queue (StartMessageMoveTask moves every dead letter, later, whether or not the
+                // redrive call saw it). Revive the task here, recorded in its history, and start
+                // it; acknowledging the message would leave the task dead for good.
+                Status::Dead if given_up => Transition::Revive,
                 _ => return Ok(None),
             };
             let change = match transition.plan(current, now) {
@@ -271,12 +279,23 @@ impl Worker {
                 }
             };
             match self.store.apply(&message.user_id, message.task_id, &change).await {
+                Ok(task) if task.status == Status::Queued => {
+                    info!(runs = task.runs, "redriven message: task revived from dead");
+                    given_up = false;
+                    current = Snapshot::from(&task);
+                }
                 Ok(task) => {
                     info!(attempt = task.attempts, "started");
                     return Ok(Some(Started::Run(Box::new(task))));
                 }
                 Err(StoreError::Conflict { current: None }) => {
                     warn!("message for a task that does not exist");
+                    return Ok(None);
+                }
+                Err(StoreError::ItemTooLarge) => {
+                    // The task's item has no room left for another attempt's history: no write
+                    // can ever start it (see limits::ITEM_RESERVE_BYTES). Acknowledged, loudly.
+                    error!("the task's item is full; it cannot be started");
                     return Ok(None);
                 }
                 Err(StoreError::Conflict { current: Some(task) }) => {
@@ -299,6 +318,7 @@ impl Worker {
                         }
                         info!(attempt = task.attempts, "lease expired: taking over");
                     }
+                    given_up = task.status == Status::Dead && task.error.as_ref().is_some_and(|e| e.kind == "dead");
                     current = Snapshot::from(task.as_ref());
                 }
                 Err(e) => return Err(e),
@@ -392,6 +412,8 @@ impl Worker {
     /// Writes the end of an attempt. A conflict means the task moved on without this worker
     /// (its lease expired and another delivery took over): this attempt's outcome is dropped.
     /// `ran` is how long the handler ran, when this ends a run (a metric of the outcome).
+    /// Writes the end of an attempt. An outcome that does not fit the task's item (400 KB) fails
+    /// the task instead, once, with `item_too_large`.
     async fn finish(
         &self,
         task: &Task,

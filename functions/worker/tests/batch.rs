@@ -607,3 +607,64 @@ impl TaskHandler for EchoTwice {
         Ok(json!([ctx.payload(), ctx.payload()]))
     }
 }
+
+/// The admin redrive revives the tasks of the dead letters it saw, but SQS's move task moves
+/// every dead letter, later. A moved message whose task is still `dead` (the queue gave up on
+/// it) revives the task, recorded as `redriven`, and runs it; before, the worker acknowledged
+/// it and the task stayed dead with no message left to redrive.
+#[tokio::test]
+async fn a_redriven_message_revives_a_dead_task_the_redrive_did_not_see() {
+    let e = env();
+    let t = e
+        .submit(json!({"type": "echo", "payload": {"n": 1}, "max_attempts": 2}))
+        .await;
+    // First run: started, then the queue gave up on its message (the sweeper marked it dead).
+    let got = e.queue.receive(Priority::Normal, 10, Duration::ZERO).await.unwrap();
+    let running = e
+        .store
+        .apply(
+            "u1",
+            t.id,
+            &Transition::Start {
+                lease_until: Utc::now() - chrono::Duration::seconds(1),
+            }
+            .plan(Snapshot::from(&t), Utc::now())
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    e.store
+        .apply(
+            "u1",
+            t.id,
+            &Transition::Dead {
+                detail: "its message reached the normal dead-letter queue".into(),
+            }
+            .plan(Snapshot::from(&running), Utc::now())
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    e.queue.delete(Priority::Normal, &got[0].receipt).await.unwrap();
+    // The move task brings the message back.
+    e.queue.send(&t.message(), Duration::ZERO).await.unwrap();
+    assert!(e.poll(Priority::Normal).await.is_empty());
+    let done = e.task(&t).await;
+    assert_eq!((done.status, done.attempts, done.runs), (Status::Succeeded, 1, 2));
+    use EventKind::*;
+    assert_eq!(kinds(&done), [Submitted, Started, Dead, Redriven, Started, Succeeded]);
+}
+
+/// A message for a task that ended any other way (succeeded, failed, cancelled, or dead for a
+/// reason other than the queue giving up) is acknowledged and changes nothing.
+#[tokio::test]
+async fn a_late_message_for_a_finished_task_changes_nothing() {
+    let e = env();
+    let t = e.submit(json!({"type": "echo"})).await;
+    assert!(e.poll(Priority::Normal).await.is_empty());
+    let done = e.task(&t).await;
+    e.queue.send(&t.message(), Duration::ZERO).await.unwrap();
+    assert!(e.poll(Priority::Normal).await.is_empty());
+    assert_eq!(e.task(&t).await, done);
+    assert_eq!(e.queue.depth(Priority::Normal), 0);
+}
