@@ -34,6 +34,12 @@ pub struct FaultPlan {
     pub send_duplicate: f64,
     /// Sends wait up to this long first, so messages arrive out of order.
     pub send_delay_max: Duration,
+    /// A receive fails (the poller backs off; the messages stay where they are).
+    pub receive_fail: f64,
+    /// A delete fails: the message comes back after its visibility timeout, a duplicate.
+    pub delete_fail: f64,
+    /// A ChangeMessageVisibility fails: a retry's backoff is lost, or a duplicate's delay.
+    pub visibility_fail: f64,
 }
 
 impl FaultPlan {
@@ -62,6 +68,9 @@ impl FaultPlan {
                 "send_fail" => plan.send_fail = rate()?,
                 "send_duplicate" => plan.send_duplicate = rate()?,
                 "send_delay_max_ms" => plan.send_delay_max = Duration::from_millis(number as u64),
+                "receive_fail" => plan.receive_fail = rate()?,
+                "delete_fail" => plan.delete_fail = rate()?,
+                "visibility_fail" => plan.visibility_fail = rate()?,
                 other => return Err(format!("unknown fault {other:?}")),
             }
         }
@@ -79,6 +88,9 @@ pub struct FaultCounts {
     pub sends_failed: AtomicU64,
     pub sends_duplicated: AtomicU64,
     pub sends_delayed: AtomicU64,
+    pub receives_failed: AtomicU64,
+    pub deletes_failed: AtomicU64,
+    pub visibility_changes_failed: AtomicU64,
 }
 
 fn roll(p: f64) -> bool {
@@ -219,14 +231,28 @@ impl TaskQueue for FaultyQueue {
     }
 
     async fn change_visibility(&self, p: Priority, receipt: &str, timeout: Duration) -> Result<(), QueueError> {
+        if roll(self.plan.visibility_fail) {
+            bump(&self.counts.visibility_changes_failed);
+            return Err(QueueError::Unavailable(
+                "injected ChangeMessageVisibility failure".into(),
+            ));
+        }
         self.inner.change_visibility(p, receipt, timeout).await
     }
 
     async fn receive(&self, p: Priority, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+        if roll(self.plan.receive_fail) {
+            bump(&self.counts.receives_failed);
+            return Err(QueueError::Unavailable("injected ReceiveMessage failure".into()));
+        }
         self.inner.receive(p, max, wait).await
     }
 
     async fn delete(&self, p: Priority, receipt: &str) -> Result<(), QueueError> {
+        if roll(self.plan.delete_fail) {
+            bump(&self.counts.deletes_failed);
+            return Err(QueueError::Unavailable("injected DeleteMessage failure".into()));
+        }
         self.inner.delete(p, receipt).await
     }
 

@@ -91,6 +91,9 @@ fn plan(send_delay_max: Duration) -> FaultPlan {
         send_fail: 0.03,
         send_duplicate: 0.05,
         send_delay_max,
+        receive_fail: 0.01,
+        delete_fail: 0.03,
+        visibility_fail: 0.03,
     }
 }
 
