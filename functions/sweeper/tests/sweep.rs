@@ -81,18 +81,7 @@ async fn dead_letters_mark_their_tasks_dead_and_redrive_brings_them_back() {
     let new = NewTask::from_json(&json!({"type": "echo"}), "").unwrap();
     let service = TaskService::new(e.store.clone(), e.queue.clone());
     let t = service.submit("u", &new, None).await.unwrap().task;
-    // max_receive_count 1: the second receive moves it to the DLQ.
-    let got = e.queue.receive(Priority::Normal, 10, Duration::ZERO).await.unwrap();
-    e.queue
-        .change_visibility(Priority::Normal, &got[0].receipt, Duration::ZERO)
-        .await
-        .unwrap();
-    assert!(e
-        .queue
-        .receive(Priority::Normal, 10, Duration::ZERO)
-        .await
-        .unwrap()
-        .is_empty());
+    dead_letter_the_normal_message(&e).await;
 
     // Just submitted, the task may still be started by another message: the dead letter waits.
     let report = e.sweeper.sweep().await;
@@ -118,6 +107,22 @@ async fn dead_letters_mark_their_tasks_dead_and_redrive_brings_them_back() {
     let report = redrive_now(&e).await;
     assert_eq!((report.moved, report.revived), (1, 1));
     assert_eq!(e.store.get("u", t.id).await.unwrap().unwrap().status, Status::Queued);
+}
+
+/// Receives the one message on the normal queue twice without deleting it: with
+/// max_receive_count 1 the second receive moves it to the DLQ.
+async fn dead_letter_the_normal_message(e: &Env) {
+    let got = e.queue.receive(Priority::Normal, 10, Duration::ZERO).await.unwrap();
+    e.queue
+        .change_visibility(Priority::Normal, &got[0].receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(e
+        .queue
+        .receive(Priority::Normal, 10, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn redrive_now(e: &Env) -> taskq_core::admin::RedriveReport {
@@ -226,18 +231,7 @@ async fn a_dead_letter_does_not_kill_a_task_running_under_a_live_lease() {
         )
         .await
         .unwrap();
-    // The message is received twice without being deleted (max_receive_count 1): dead letter.
-    let got = e.queue.receive(Priority::Normal, 10, Duration::ZERO).await.unwrap();
-    e.queue
-        .change_visibility(Priority::Normal, &got[0].receipt, Duration::ZERO)
-        .await
-        .unwrap();
-    assert!(e
-        .queue
-        .receive(Priority::Normal, 10, Duration::ZERO)
-        .await
-        .unwrap()
-        .is_empty());
+    dead_letter_the_normal_message(&e).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
 
     let report = e.sweeper.sweep().await;
