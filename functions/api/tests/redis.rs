@@ -23,7 +23,7 @@ fn redis_app(settings: RedisSettings, rate_limits: &str, cached_reads: bool) -> 
     let redis = Arc::new(RedisCache::new(settings.clone()).unwrap());
     let layer = CacheLayer::new(redis.clone(), settings.guard());
     let store = Arc::new(RefreshingStore::new(Arc::new(MemoryTaskStore::new()), layer.clone()));
-    let queue = Arc::new(MemoryTaskQueue::default());
+    let queue = Arc::new(MemoryTaskQueue::new(taskq_core::memory::MemoryQueueConfig::exact()));
     let mut service = TaskService::new(store.clone(), queue.clone()).with_wait_poll(Duration::from_secs(60));
     if cached_reads {
         service = service.with_cache(layer);

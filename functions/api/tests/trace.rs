@@ -18,7 +18,7 @@ const SECRET: &str = "trace-secret";
 const TRACE: &str = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
 
 fn app() -> (axum::Router, Arc<MemoryTaskQueue>) {
-    let queue = Arc::new(MemoryTaskQueue::default());
+    let queue = Arc::new(MemoryTaskQueue::new(taskq_core::memory::MemoryQueueConfig::exact()));
     let service = TaskService::new(Arc::new(MemoryTaskStore::new()), queue.clone());
     let state = AppState::new(service, Authenticator::new(Some(SECRET), None, None));
     (router(state), queue)

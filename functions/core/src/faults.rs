@@ -26,8 +26,13 @@ pub struct FaultPlan {
     /// A store write succeeds, its response is lost, and the client tries the same write again
     /// (what the AWS SDK does on a timeout or a 5xx): the caller gets the retry's answer.
     pub store_retry_after_write: f64,
-    /// A worker's end-of-attempt write never happens: the worker "crashed" after its handler ran.
+    /// A worker's end-of-attempt write never happens: the worker "crashed" after its handler
+    /// ran. Every later try of that write fails too (a dead worker writes nothing).
     pub crash_before_status_write: f64,
+    /// A worker stalls for `stall` before its end-of-attempt write (a frozen or paused
+    /// process): the handler's attempt outlives its lease, and another delivery may take over.
+    pub stall_before_status_write: f64,
+    pub stall: Duration,
     /// A send fails; nothing is queued.
     pub send_fail: f64,
     /// A send is delivered twice.
@@ -65,6 +70,8 @@ impl FaultPlan {
                 "store_error_after_write" => plan.store_error_after_write = rate()?,
                 "store_retry_after_write" => plan.store_retry_after_write = rate()?,
                 "crash_before_status_write" => plan.crash_before_status_write = rate()?,
+                "stall_before_status_write" => plan.stall_before_status_write = rate()?,
+                "stall_ms" => plan.stall = Duration::from_millis(number as u64),
                 "send_fail" => plan.send_fail = rate()?,
                 "send_duplicate" => plan.send_duplicate = rate()?,
                 "send_delay_max_ms" => plan.send_delay_max = Duration::from_millis(number as u64),
@@ -85,12 +92,22 @@ pub struct FaultCounts {
     pub store_errors_after_write: AtomicU64,
     pub store_retries_after_write: AtomicU64,
     pub crashes_before_status_write: AtomicU64,
+    pub stalls_before_status_write: AtomicU64,
     pub sends_failed: AtomicU64,
     pub sends_duplicated: AtomicU64,
     pub sends_delayed: AtomicU64,
     pub receives_failed: AtomicU64,
     pub deletes_failed: AtomicU64,
     pub visibility_changes_failed: AtomicU64,
+    /// The crashed attempts, as (task, run): their outcomes were never written.
+    #[serde(skip)]
+    pub crashed_runs: std::sync::Mutex<std::collections::HashSet<(TaskId, u32)>>,
+    /// The attempts that stalled before their outcome write, as (task, run).
+    #[serde(skip)]
+    pub stalled_runs: std::sync::Mutex<std::collections::HashSet<(TaskId, u32)>>,
+    /// The tokens of the crashed writes: a retry of one fails as the first try did.
+    #[serde(skip)]
+    crashed_tokens: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 fn roll(p: f64) -> bool {
@@ -129,6 +146,23 @@ impl FaultyStore {
         retry
     }
 
+    /// Whether this end-of-attempt write is a crashed worker's: rolled the first time, then
+    /// the same for every retry of the write.
+    fn crashed(&self, id: TaskId, change: &StateChange) -> bool {
+        let mut tokens = self.counts.crashed_tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if tokens.contains(&change.token) {
+            return true;
+        }
+        if !roll(self.plan.crash_before_status_write) {
+            return false;
+        }
+        bump(&self.counts.crashes_before_status_write);
+        tokens.insert(change.token.clone());
+        let mut runs = self.counts.crashed_runs.lock().unwrap_or_else(|e| e.into_inner());
+        runs.insert((id, change.expect_runs));
+        true
+    }
+
     fn lost_response<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
         if r.is_ok() && roll(self.plan.store_error_after_write) {
             bump(&self.counts.store_errors_after_write);
@@ -162,11 +196,21 @@ impl TaskStore for FaultyStore {
     async fn apply(&self, user_id: &str, id: TaskId, change: &StateChange) -> Result<Task, StoreError> {
         self.throttle()?;
         let ends_attempt = change.expect_status == Status::Running && change.status != Status::Running;
-        if ends_attempt && roll(self.plan.crash_before_status_write) {
-            bump(&self.counts.crashes_before_status_write);
-            return Err(StoreError::Unavailable(
-                "injected: worker crashed before its status write".into(),
-            ));
+        if ends_attempt {
+            if self.crashed(id, change) {
+                return Err(StoreError::Unavailable(
+                    "injected: worker crashed before its status write".into(),
+                ));
+            }
+            if roll(self.plan.stall_before_status_write) {
+                bump(&self.counts.stalls_before_status_write);
+                self.counts
+                    .stalled_runs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((id, change.expect_runs));
+                tokio::time::sleep(self.plan.stall).await;
+            }
         }
         let mut r = self.inner.apply(user_id, id, change).await;
         if r.is_ok() && self.retried() {

@@ -27,7 +27,9 @@ OPTIONS:
     --faults SPEC         inject faults, e.g. store_throttle=0.05,send_fail=0.02,send_duplicate=0.1,
                           store_error_after_write=0.02,store_retry_after_write=0.02,
                           receive_fail=0.01,delete_fail=0.02,visibility_fail=0.02,
-                          crash_before_status_write=0.02,send_delay_max_ms=50
+                          crash_before_status_write=0.02,send_delay_max_ms=50,
+                          stall_before_status_write=0.01,stall_ms=40000 (a worker frozen past
+                          its lease before writing its outcome)
     --redis-url URL       status cache, change messages and rate limits in Redis (as in AWS) instead
                           of in this process; also read from TASKQ_REDIS_URL
 

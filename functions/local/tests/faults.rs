@@ -1,8 +1,12 @@
 //! The fault-injection end-to-end test: 2,000 tasks through the service, the emulated event
 //! source mappings, the worker and the sweeper, with faults injected into every port call, on
-//! the embedded backends and on moto. At the end every task is terminal, none is lost, none has
-//! two terminal transitions, no handler ran more often than its task's attempts, and every
-//! history is a valid path of the state machine.
+//! the embedded backends and on moto; clients cancel queued and running tasks, an operator
+//! redrives the dead-letter queues while workers and sweeps run, some tasks are scheduled a
+//! minute or more ahead, and some workers stall past their lease before writing an outcome.
+//! At the end every task is terminal, none is lost, each run has one terminal transition, no
+//! handler ran twice under one run number or on a task that was terminal, a task whose last
+//! handler run succeeded (and was written) ended `succeeded`, and every history is a valid
+//! path of the state machine.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,9 +40,10 @@ const USERS: usize = 10;
 /// Receives before a message is dead-lettered: low, so the DLQ path is exercised too.
 const MAX_RECEIVES: u32 = 8;
 
-type Runs = Arc<Mutex<HashMap<TaskId, u32>>>;
+/// Every handler run per task: its run number and whether it succeeded.
+type Runs = Arc<Mutex<HashMap<TaskId, Vec<(u32, bool)>>>>;
 
-/// Counts every handler run per task, then runs the real handler.
+/// Records every handler run per task around the real handler.
 struct Counted {
     inner: Arc<dyn TaskHandler>,
     runs: Runs,
@@ -47,8 +52,22 @@ struct Counted {
 #[async_trait]
 impl TaskHandler for Counted {
     async fn run(&self, ctx: TaskContext) -> Result<Value, HandlerError> {
-        *self.runs.lock().unwrap().entry(ctx.task.id).or_default() += 1;
-        self.inner.run(ctx).await
+        let (id, run) = (ctx.task.id, ctx.task.runs);
+        // Recorded before it runs (a panicking handler never returns), marked when it succeeds.
+        self.runs.lock().unwrap().entry(id).or_default().push((run, false));
+        let result = self.inner.run(ctx).await;
+        if result.is_ok() {
+            if let Some(r) = self
+                .runs
+                .lock()
+                .unwrap()
+                .get_mut(&id)
+                .and_then(|v| v.iter_mut().rfind(|r| r.0 == run))
+            {
+                r.1 = true;
+            }
+        }
+        result
     }
 }
 
@@ -94,6 +113,10 @@ fn plan(send_delay_max: Duration) -> FaultPlan {
         receive_fail: 0.01,
         delete_fail: 0.03,
         visibility_fail: 0.03,
+        // Past the lease of a 1-second task (timeout + 1 s grace), and past stranded_after, so a
+        // sweep may re-send, another delivery take over, or the dead-letter path act meanwhile.
+        stall_before_status_write: 0.01,
+        stall: Duration::from_millis(3500),
     }
 }
 
@@ -132,6 +155,7 @@ async fn memory_tasks_survive_injected_faults() {
     let queue = Arc::new(MemoryTaskQueue::new(MemoryQueueConfig {
         visibility_timeout: Duration::from_secs(2),
         max_receive_count: MAX_RECEIVES,
+        ..MemoryQueueConfig::default()
     }));
     let backend = Backend::Ports {
         store: store.clone(),
@@ -242,34 +266,48 @@ async fn run(
         let service = service.clone();
         clients.spawn(async move { submit_as(&service, u, keyed_in_ten, task_count).await });
     }
+    // An operator redrives every dead-letter queue every two seconds while all this runs.
+    let redriving = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let redriver = tokio::spawn(redrive_while(
+        server.store.clone(),
+        server.queue.clone(),
+        redriving.clone(),
+    ));
     let mut known: Vec<(String, TaskId)> = Vec::new();
     let mut client_gave_up = 0;
     let mut submit_errors: HashMap<&'static str, u32> = HashMap::new();
+    let mut cancels = Vec::new();
     while let Some(r) = clients.join_next().await {
-        let (k, gave_up, errors) = r.unwrap();
-        known.extend(k);
-        client_gave_up += gave_up;
-        for (kind, n) in errors {
+        let outcome = r.unwrap();
+        known.extend(outcome.known);
+        client_gave_up += outcome.gave_up;
+        for (kind, n) in outcome.errors {
             *submit_errors.entry(kind).or_default() += n;
         }
+        cancels.extend(outcome.cancels);
     }
     known.sort();
     known.dedup();
     let submitted_in = started.elapsed();
-
-    // Wait until the index of unfinished tasks is empty (cheap to poll), then read everything.
-    let deadline = Instant::now() + within;
-    loop {
-        let unfinished = unfinished(store.as_ref()).await;
-        if unfinished == 0 {
-            break;
+    let mut cancelled_at_once: Vec<TaskId> = Vec::new();
+    let mut cancel_outcomes: HashMap<&'static str, u32> = HashMap::new();
+    for c in cancels {
+        let (id, outcome) = c.await.unwrap();
+        *cancel_outcomes.entry(outcome).or_default() += 1;
+        if outcome == "cancelled" {
+            cancelled_at_once.push(id);
         }
-        assert!(
-            Instant::now() < deadline,
-            "{unfinished} tasks still not terminal after {within:?}"
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
     }
+
+    // Wait until the index of unfinished tasks is empty (cheap to poll); then stop the
+    // redrives, let the last move land (moved messages revive their tasks), wait again, and
+    // read everything.
+    let deadline = Instant::now() + within;
+    settle(store.as_ref(), deadline, within).await;
+    redriving.store(false, std::sync::atomic::Ordering::Relaxed);
+    let redrives = redriver.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    settle(store.as_ref(), deadline, within).await;
     let tasks = all_tasks(store.as_ref()).await;
     assert!(
         tasks.iter().all(|t| t.status.is_terminal()),
@@ -283,8 +321,12 @@ async fn run(
     assert!(lost.is_empty(), "lost tasks: {lost:?}");
 
     let runs = runs.lock().unwrap().clone();
+    let counts = server.faults.clone().expect("faults are injected");
+    let crashed = counts.crashed_runs.lock().unwrap().clone();
+    let stalled = counts.stalled_runs.lock().unwrap().clone();
     let mut statuses: HashMap<Status, u32> = HashMap::new();
     let (mut resent, mut takeovers, mut total_runs, mut max_seq) = (0, 0, 0, 0);
+    let (mut revived, mut last_run_succeeded, mut last_run_unwritten) = (0, 0, 0);
     // Invariants that hold only on a store whose conditional writes are atomic.
     let mut races: Vec<String> = Vec::new();
     let mut check = |ok: bool, problem: String| {
@@ -300,16 +342,52 @@ async fn run(
             .iter()
             .filter(|e| e.to.is_some_and(|s| s.is_terminal()))
             .count();
+        // A redrive revives a dead task: each run of the task (between revives) ends once.
+        let revives = t
+            .history
+            .iter()
+            .filter(|e| e.kind == taskq_core::EventKind::Redriven)
+            .count();
+        revived += revives;
         check(
-            terminal_transitions == 1,
-            format!("task {} has {terminal_transitions} terminal transitions", t.id),
+            terminal_transitions == 1 + revives,
+            format!(
+                "task {} has {terminal_transitions} terminal transitions and {revives} revives",
+                t.id
+            ),
         );
-        let ran = runs.get(&t.id).copied().unwrap_or(0);
+        let task_runs = runs.get(&t.id).cloned().unwrap_or_default();
+        let mut numbers: Vec<u32> = task_runs.iter().map(|r| r.0).collect();
+        numbers.sort();
+        numbers.dedup();
+        // A run number is one conditional start: a handler starts under it once, and only
+        // from a non-terminal state (so never on a task already finished, unless revived).
         check(
-            ran <= t.attempts,
-            format!("task {}: handler ran {ran} times in {} attempts", t.id, t.attempts),
+            numbers.len() == task_runs.len() && numbers.last().is_none_or(|&n| n <= t.runs),
+            format!(
+                "task {}: handler runs {task_runs:?}, the task records {} runs",
+                t.id, t.runs
+            ),
         );
-        total_runs += ran;
+        if let Some(&(last, ok)) = task_runs.iter().max_by_key(|r| r.0) {
+            if ok && !t.cancel_requested {
+                if crashed.contains(&(t.id, last)) || stalled.contains(&(t.id, last)) {
+                    // The worker died or froze past its lease before writing the outcome:
+                    // another delivery may have failed the task meanwhile.
+                    last_run_unwritten += 1;
+                } else {
+                    last_run_succeeded += 1;
+                    check(
+                        t.status == Status::Succeeded,
+                        format!(
+                            "task {}: its last run ({last}) succeeded, but it ended {}",
+                            t.id, t.status
+                        ),
+                    );
+                }
+            }
+        }
+        total_runs += task_runs.len();
         if atomic_store {
             assert_valid_history(t, clock_ordered);
         }
@@ -328,6 +406,10 @@ async fn run(
             assert_eq!(t.result.as_ref(), Some(&t.payload));
         }
     }
+    for id in &cancelled_at_once {
+        let t = by_id[id];
+        assert_eq!(t.status, Status::Cancelled, "task {id} was cancelled while queued");
+    }
     let faults = server
         .faults
         .as_ref()
@@ -337,6 +419,9 @@ async fn run(
          submitted in {submitted_in:?}, all terminal after {settled_in:?}\n  \
          statuses: {statuses:?}\n  handler runs: {total_runs}; sweeper re-sends: {resent}; lease takeovers: {takeovers}; \
          longest history: {max_seq} events\n  submit errors seen by clients: {submit_errors:?}\n  faults injected: {}\n  \
+         cancels: {cancel_outcomes:?}; redrives: {redrives:?}; tasks revived: {revived}\n  \
+         last run succeeded and written: {last_run_succeeded} (all ended succeeded); \
+         last run succeeded, outcome never written (crash or stall): {last_run_unwritten}\n  \
          store races (non-atomic conditional writes, moto only): {races:?}",
         tasks.len(),
         known.len(),
@@ -365,23 +450,64 @@ fn quiet_poison_panics() {
     });
 }
 
-type ClientOutcome = (Vec<(String, TaskId)>, u32, HashMap<&'static str, u32>);
+/// What one client did: the ids it was told, how many submissions it gave up on, the errors it
+/// saw, and its cancel requests (each resolves to the task and what the cancel did).
+struct ClientOutcome {
+    known: Vec<(String, TaskId)>,
+    gave_up: u32,
+    errors: HashMap<&'static str, u32>,
+    cancels: Vec<tokio::task::JoinHandle<(TaskId, &'static str)>>,
+}
 
 /// One user's client: submits its share of the tasks, retrying with an idempotency key
-/// (`keyed_in_ten` in ten) or firing and forgetting (the rest). Returns the ids it was told, how
-/// many it gave up on, and the errors it saw.
+/// (`keyed_in_ten` in ten) or firing and forgetting (the rest), and cancels some of them later:
+/// long sleeps while they run, and half the tasks scheduled a minute or more ahead while they
+/// wait.
 async fn submit_as(service: &TaskService, u: usize, keyed_in_ten: usize, task_count: usize) -> ClientOutcome {
     let user = format!("user-{u}");
-    let mut known = Vec::new();
-    let mut gave_up = 0;
-    let mut errors: HashMap<&'static str, u32> = HashMap::new();
+    let mut out = ClientOutcome {
+        known: Vec::new(),
+        gave_up: 0,
+        errors: HashMap::new(),
+        cancels: Vec::new(),
+    };
     for i in (u..task_count).step_by(USERS) {
         let priority = ["high", "normal", "low"][i % 3];
-        let body = match i % 20 {
-            0 => json!({"type": "poison", "priority": priority, "max_attempts": 2, "timeout_seconds": 1}),
-            1 | 2 => json!({"type": "fail", "payload": {"times": 1}, "priority": priority, "timeout_seconds": 1}),
-            3 | 4 => json!({"type": "sleep", "payload": {"ms": 20}, "priority": priority, "timeout_seconds": 1}),
-            _ => json!({"type": "echo", "payload": {"i": i}, "priority": priority, "timeout_seconds": 1}),
+        // (body, cancel this long after submitting it)
+        let (body, cancel_after) = match (i % 20, i % 100) {
+            (0, _) => (
+                json!({"type": "poison", "priority": priority, "max_attempts": 2, "timeout_seconds": 1}),
+                None,
+            ),
+            (_, 6) => (
+                json!({"type": "echo", "payload": {"i": i}, "priority": priority, "timeout_seconds": 1,
+                       "delay_seconds": 60 + i % 31}),
+                (i % 200 == 6).then(|| Duration::from_millis(fastrand::u64(0..20_000))),
+            ),
+            // More attempts than the queue's receive count: its message reaches the dead-letter
+            // queue while the task waits for a retry; the sweeper marks it dead and the redrives
+            // bring it back, until they stop.
+            (_, 7) => (
+                json!({"type": "fail", "payload": {"times": 100}, "priority": priority, "timeout_seconds": 1,
+                       "max_attempts": 20}),
+                None,
+            ),
+            (1 | 2, _) => (
+                json!({"type": "fail", "payload": {"times": 1}, "priority": priority, "timeout_seconds": 1}),
+                None,
+            ),
+            (3 | 4, _) => (
+                json!({"type": "sleep", "payload": {"ms": 20}, "priority": priority, "timeout_seconds": 1}),
+                None,
+            ),
+            (5, _) => (
+                json!({"type": "sleep", "payload": {"ms": 1500}, "priority": priority, "timeout_seconds": 3}),
+                Some(Duration::from_millis(fastrand::u64(0..2500))),
+            ),
+            _ => (
+                json!({"type": "echo", "payload": {"i": i}, "priority": priority, "timeout_seconds": 1}),
+                None,
+            ),
         };
         let new = NewTask::from_json(&body, "").unwrap();
         let key = ((i / USERS) % 10 < keyed_in_ten).then(|| format!("k-{i}"));
@@ -390,7 +516,15 @@ async fn submit_as(service: &TaskService, u: usize, keyed_in_ten: usize, task_co
             tries += 1;
             match service.submit(&user, &new, key.as_deref()).await {
                 Ok(s) => {
-                    known.push((user.clone(), s.task.id));
+                    out.known.push((user.clone(), s.task.id));
+                    if let Some(after) = cancel_after {
+                        out.cancels.push(tokio::spawn(cancel_later(
+                            service.clone(),
+                            user.clone(),
+                            s.task.id,
+                            after,
+                        )));
+                    }
                     break;
                 }
                 Err(e) => {
@@ -399,23 +533,76 @@ async fn submit_as(service: &TaskService, u: usize, keyed_in_ten: usize, task_co
                         ServiceError::NotEnqueued(id, _) => {
                             // The task exists and the client was told its id.
                             if last {
-                                known.push((user.clone(), *id));
+                                out.known.push((user.clone(), *id));
                             }
                             "not_enqueued"
                         }
                         ServiceError::Throttled(_) => "throttled",
                         _ => "store_failed",
                     };
-                    *errors.entry(kind).or_default() += 1;
+                    *out.errors.entry(kind).or_default() += 1;
                     if last {
-                        gave_up += 1;
+                        out.gave_up += 1;
                         break;
                     }
                 }
             }
         }
     }
-    (known, gave_up, errors)
+    out
+}
+
+/// Cancels a task after a while, trying again on store errors: "cancelled" (it was queued),
+/// "requested" (it was running), "refused" (already finished) or "failed".
+async fn cancel_later(service: TaskService, user: String, id: TaskId, after: Duration) -> (TaskId, &'static str) {
+    tokio::time::sleep(after).await;
+    for _ in 0..5 {
+        match service.cancel(&user, id).await {
+            Ok((_, true)) => return (id, "cancelled"),
+            Ok((_, false)) => return (id, "requested"),
+            Err(ServiceError::Conflict(_)) => return (id, "refused"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    (id, "failed")
+}
+
+/// Redrives every priority's dead-letter queue every two seconds until `go` is cleared.
+/// Returns (messages moved, tasks revived by the redrive itself, calls that failed).
+async fn redrive_while(
+    store: Arc<dyn TaskStore>,
+    queue: Arc<dyn TaskQueue>,
+    go: Arc<std::sync::atomic::AtomicBool>,
+) -> (usize, usize, usize) {
+    let (mut moved, mut revived, mut failed) = (0, 0, 0);
+    while go.load(std::sync::atomic::Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for p in Priority::ALL {
+            match taskq_core::admin::redrive(store.as_ref(), queue.as_ref(), *p).await {
+                Ok(r) => {
+                    moved += r.moved;
+                    revived += r.revived;
+                }
+                Err(_) => failed += 1,
+            }
+        }
+    }
+    (moved, revived, failed)
+}
+
+/// Waits until the index of unfinished tasks is empty.
+async fn settle(store: &dyn TaskStore, deadline: Instant, within: Duration) {
+    loop {
+        let unfinished = unfinished(store).await;
+        if unfinished == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{unfinished} tasks still not terminal after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 async fn unfinished(store: &dyn TaskStore) -> usize {

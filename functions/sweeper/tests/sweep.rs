@@ -20,6 +20,10 @@ fn env() -> Env {
     let queue = Arc::new(MemoryTaskQueue::new(MemoryQueueConfig {
         visibility_timeout: Duration::from_secs(60),
         max_receive_count: 1,
+        // These tests are about the sweeper's decisions, read from a queue they inspect; the
+        // sampled short polls and the delayed moves of SQS are in the contract suite and the
+        // fault run.
+        ..MemoryQueueConfig::exact()
     }));
     let config = SweeperConfig {
         stranded_after: Duration::from_millis(300),

@@ -20,7 +20,7 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("a runtime");
     let store = Arc::new(MemoryTaskStore::new());
-    let queue = Arc::new(MemoryTaskQueue::new(MemoryQueueConfig::default()));
+    let queue = Arc::new(MemoryTaskQueue::new(MemoryQueueConfig::exact()));
     let service = TaskService::new(store.clone(), queue.clone());
     let worker = Worker::new(store, queue.clone(), Registry::with_builtins(), WorkerConfig::default());
     let new = NewTask::from_json(&json!({"type": "echo", "payload": {"hello": "world"}}), "").expect("a valid task");

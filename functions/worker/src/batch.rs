@@ -9,7 +9,9 @@ use chrono::Utc;
 use serde_json::Value;
 use taskq_core::limits::max_result_bytes;
 use taskq_core::metrics::{self, Counter, Timing};
-use taskq_core::{Snapshot, Status, StoreError, Task, TaskFailure, TaskMessage, TaskQueue, TaskStore, Transition};
+use taskq_core::{
+    Snapshot, StateChange, Status, StoreError, Task, TaskFailure, TaskMessage, TaskQueue, TaskStore, Transition,
+};
 use tokio::time::Instant;
 use tracing::{error, info, info_span, warn, Instrument};
 
@@ -428,7 +430,7 @@ impl Worker {
                 return Ok(None);
             }
         };
-        match self.store.apply(&task.user_id, task.id, &change).await {
+        match self.apply_outcome(task, &change).await {
             // The outcome does not fit the item (400 KB): fail the task once, saying so, rather
             // than retrying a write that can never land (and re-running the handler).
             Err(StoreError::ItemTooLarge) if !failing_for_size => {
@@ -466,6 +468,34 @@ impl Worker {
         }
     }
 }
+
+impl Worker {
+    /// Writes an attempt's outcome, trying again on throttling and transient failures. The
+    /// handler's work is worth more than a few writes: given up, the message comes back, the
+    /// handler runs again (if attempts are left: a task whose last run succeeded would end
+    /// `attempts_exhausted`). Trying the same change again is safe: the store recognises a
+    /// try that already landed by its token (`StateChange::applied_in`).
+    async fn apply_outcome(&self, task: &Task, change: &StateChange) -> Result<Task, StoreError> {
+        let mut pause = OUTCOME_RETRY_PAUSE;
+        let mut tries = 1;
+        loop {
+            match self.store.apply(&task.user_id, task.id, change).await {
+                Err(e @ (StoreError::Throttled(_) | StoreError::Unavailable(_))) if tries < OUTCOME_TRIES => {
+                    warn!(error = %e, tries, "outcome write failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    tries += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+/// Tries of an outcome write, and the pause before the second (doubling after): about 1.5 s in
+/// all, well inside the lease's grace.
+const OUTCOME_TRIES: u32 = 6;
+const OUTCOME_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// How long a first attempt waited in its queue: from when the task became runnable (submitted,
 /// or its delay ended) to its start. Retries are not measured: their wait is the backoff the

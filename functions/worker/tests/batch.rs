@@ -48,7 +48,7 @@ impl TaskHandler for Counting {
 
 fn env_with(extra: impl FnOnce(&mut Registry)) -> Env {
     let store = Arc::new(MemoryTaskStore::new());
-    let queue = Arc::new(MemoryTaskQueue::new(MemoryQueueConfig::default()));
+    let queue = Arc::new(MemoryTaskQueue::new(MemoryQueueConfig::exact()));
     let mut registry = Registry::with_builtins();
     registry.register("panics", Panics).register("huge", Huge);
     extra(&mut registry);
@@ -497,7 +497,7 @@ mod webhook {
 async fn a_start_retried_after_a_lost_response_runs_the_task_once() {
     use taskq_core::faults::{FaultCounts, FaultPlan, FaultyStore};
     let memory = Arc::new(MemoryTaskStore::new());
-    let queue = Arc::new(MemoryTaskQueue::new(MemoryQueueConfig::default()));
+    let queue = Arc::new(MemoryTaskQueue::new(MemoryQueueConfig::exact()));
     let counts = Arc::new(FaultCounts::default());
     let store: Arc<dyn TaskStore> = Arc::new(FaultyStore::new(
         memory.clone(),
@@ -531,6 +531,95 @@ async fn a_start_retried_after_a_lost_response_runs_the_task_once() {
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 3
     );
+}
+
+/// Throttles the first `n` writes that end an attempt, then passes everything through.
+struct ThrottlesOutcomes {
+    inner: Arc<MemoryTaskStore>,
+    left: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait]
+impl TaskStore for ThrottlesOutcomes {
+    async fn create(
+        &self,
+        task: &Task,
+        claim: Option<&taskq_core::IdempotencyClaim>,
+    ) -> Result<taskq_core::Created, taskq_core::StoreError> {
+        self.inner.create(task, claim).await
+    }
+    async fn get(&self, user_id: &str, id: taskq_core::TaskId) -> Result<Option<Task>, taskq_core::StoreError> {
+        self.inner.get(user_id, id).await
+    }
+    async fn list(
+        &self,
+        user_id: &str,
+        query: &taskq_core::ListQuery,
+    ) -> Result<taskq_core::TaskPage, taskq_core::StoreError> {
+        self.inner.list(user_id, query).await
+    }
+    async fn apply(
+        &self,
+        user_id: &str,
+        id: taskq_core::TaskId,
+        change: &taskq_core::StateChange,
+    ) -> Result<Task, taskq_core::StoreError> {
+        let ends_attempt = change.expect_status == Status::Running && change.status != Status::Running;
+        let left = &self.left;
+        if ends_attempt
+            && left
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok()
+        {
+            return Err(taskq_core::StoreError::Throttled("throttled".into()));
+        }
+        self.inner.apply(user_id, id, change).await
+    }
+    async fn active(&self, query: &taskq_core::ActiveQuery) -> Result<taskq_core::ActivePage, taskq_core::StoreError> {
+        self.inner.active(query).await
+    }
+    async fn record(
+        &self,
+        user_id: &str,
+        id: taskq_core::TaskId,
+        expect_seq: u32,
+        event: &taskq_core::TaskEvent,
+    ) -> Result<Task, taskq_core::StoreError> {
+        self.inner.record(user_id, id, expect_seq, event).await
+    }
+}
+
+/// The handler succeeded, then the outcome write was throttled three times: the worker tries
+/// the write again instead of leaving the message, so the task succeeds after one run. Before,
+/// the outcome was dropped, the message came back, and with one attempt the task ended
+/// `attempts_exhausted` although its only run succeeded.
+#[tokio::test]
+async fn a_throttled_outcome_write_is_tried_again_and_the_run_counts() {
+    let memory = Arc::new(MemoryTaskStore::new());
+    let queue = Arc::new(MemoryTaskQueue::new(MemoryQueueConfig::exact()));
+    let store: Arc<dyn TaskStore> = Arc::new(ThrottlesOutcomes {
+        inner: memory.clone(),
+        left: 3.into(),
+    });
+    let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut registry = Registry::new();
+    registry.register("counting", Counting(runs.clone()));
+    let e = Env {
+        service: TaskService::new(store.clone(), queue.clone()),
+        worker: Worker::new(store, queue.clone(), registry, WorkerConfig::default()),
+        store: memory,
+        queue,
+    };
+    let t = e.submit(json!({"type": "counting", "max_attempts": 1})).await;
+    assert!(e.poll(Priority::Normal).await.is_empty(), "the message is done with");
+    let done = e.task(&t).await;
+    assert_eq!((done.status, done.attempts), (Status::Succeeded, 1));
+    assert_eq!(done.result, Some(json!("counted")));
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
 /// Fails its first two attempts with a 200,000-character error message, then succeeds with a

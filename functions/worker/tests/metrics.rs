@@ -58,7 +58,7 @@ async fn every_outcome_is_counted_once_with_its_timings() {
     let recorder = Arc::new(Recorder::default());
     assert!(metrics::install(Box::new(recorder.clone())));
     let store = Arc::new(MemoryTaskStore::new());
-    let queue = Arc::new(MemoryTaskQueue::new(MemoryQueueConfig::default()));
+    let queue = Arc::new(MemoryTaskQueue::new(MemoryQueueConfig::exact()));
     let config = WorkerConfig {
         retry_base: Duration::from_millis(1),
         retry_cap: Duration::from_millis(5),

@@ -44,7 +44,7 @@ impl TestApp {
 
     /// An app over fresh in-memory ports; `state` builds the rest of its state.
     pub fn with_state(state: impl FnOnce(TaskService) -> AppState) -> Self {
-        let queue = Arc::new(MemoryTaskQueue::default());
+        let queue = Arc::new(MemoryTaskQueue::new(taskq_core::memory::MemoryQueueConfig::exact()));
         let service = TaskService::new(Arc::new(MemoryTaskStore::new()), queue.clone());
         Self::from_router(router(state(service)), queue)
     }

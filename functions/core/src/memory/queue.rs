@@ -15,6 +15,27 @@ pub struct MemoryQueueConfig {
     pub visibility_timeout: Duration,
     /// Receives after which a message moves to the dead-letter queue instead (SQS redrive).
     pub max_receive_count: u32,
+    /// The share of visible messages a short poll (a receive that does not wait, and every
+    /// dead-letter receive) sees. SQS samples a subset of its servers on a short poll: it can
+    /// return fewer messages than are visible, or none. 1.0 sees all (for tests that inspect
+    /// the queue rather than code that reads it).
+    pub short_poll_share: f64,
+    /// How long after a redrive its move starts. `StartMessageMoveTask` moves every dead letter,
+    /// asynchronously, including ones the caller never received; so does this queue.
+    pub move_delay: Duration,
+}
+
+impl MemoryQueueConfig {
+    /// Short polls see every visible message and a redrive's move runs at once: for tests that
+    /// inspect the queue itself. Code that reads the queue is tested with the default, which
+    /// samples short polls and moves dead letters later, as SQS does.
+    pub fn exact() -> Self {
+        Self {
+            short_poll_share: 1.0,
+            move_delay: Duration::ZERO,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for MemoryQueueConfig {
@@ -22,6 +43,8 @@ impl Default for MemoryQueueConfig {
         Self {
             visibility_timeout: Duration::from_secs(120),
             max_receive_count: 30,
+            short_poll_share: 0.5,
+            move_delay: Duration::from_secs(2),
         }
     }
 }
@@ -54,6 +77,8 @@ struct Queue {
     /// Each group once, keyed by its oldest message: the order groups take turns in.
     heads: BTreeMap<u64, String>,
     dead: VecDeque<Message>,
+    /// When the pending dead-letter move runs (see [`MemoryQueueConfig::move_delay`]).
+    move_at: Option<Instant>,
 }
 
 impl Queue {
@@ -143,9 +168,24 @@ impl MemoryTaskQueue {
         }
     }
 
+    /// The queue, with a dead-letter move that has come due carried out first.
     fn lock(&self, p: Priority) -> std::sync::MutexGuard<'_, Queue> {
         // Every mutation below completes before any call that could panic.
-        self.queues[index(p)].lock().unwrap_or_else(|e| e.into_inner())
+        let mut q = self.queues[index(p)].lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if q.move_at.is_some_and(|at| at <= now) {
+            q.move_at = None;
+            // Every dead letter, received by someone or not; it goes to the back, like a send.
+            for mut m in std::mem::take(&mut q.dead) {
+                m.seq = self.next_seq();
+                m.receive_count = 0;
+                m.receipt = None;
+                m.visible_at = now;
+                q.insert(m);
+            }
+            self.notify[index(p)].notify_waiters();
+        }
+        q
     }
 
     fn next_seq(&self) -> u64 {
@@ -186,10 +226,12 @@ impl MemoryTaskQueue {
     /// does not hold back the others: a receive takes the oldest visible message of each group in
     /// turn (groups ordered by their oldest message), then the second of each, and so on. So a
     /// user's single task waits at most about one batch behind another user's 10,000.
-    fn take_visible(&self, p: Priority, max: usize) -> (Vec<Delivery>, Option<Instant>) {
-        let now = Instant::now();
+    /// `share` is the chance each visible message is seen (see
+    /// [`MemoryQueueConfig::short_poll_share`]).
+    fn take_visible(&self, p: Priority, max: usize, share: f64) -> (Vec<Delivery>, Option<Instant>) {
         let mut q = self.lock(p);
-        let mut next_visible: Option<Instant> = None;
+        let now = Instant::now();
+        let mut next_visible: Option<Instant> = q.move_at;
         let mut dead: Vec<u64> = Vec::new();
         let mut groups: Vec<Vec<u64>> = Vec::new();
         // `max` groups fill a batch in the first round, so later groups are not looked at. A
@@ -209,7 +251,7 @@ impl MemoryTaskQueue {
                 } else if m.receive_count >= self.config.max_receive_count {
                     // SQS moves a message to the DLQ when a receive would exceed maxReceiveCount.
                     dead.push(*seq);
-                } else {
+                } else if share >= 1.0 || fastrand::f64() < share {
                     visible.push(*seq);
                 }
             }
@@ -278,7 +320,12 @@ impl TaskQueue for MemoryTaskQueue {
         let deadline = Instant::now() + wait;
         loop {
             let notified = self.notify[index(p)].notified();
-            let (got, next_visible) = self.take_visible(p, max.clamp(1, 10));
+            let share = if wait.is_zero() {
+                self.config.short_poll_share
+            } else {
+                1.0
+            };
+            let (got, next_visible) = self.take_visible(p, max.clamp(1, 10), share);
             let now = Instant::now();
             if !got.is_empty() || now >= deadline {
                 return Ok(got);
@@ -310,11 +357,13 @@ impl TaskQueue for MemoryTaskQueue {
         max: usize,
         visibility: Duration,
     ) -> Result<Vec<Delivery>, QueueError> {
-        let now = Instant::now();
+        let share = self.config.short_poll_share;
         let mut q = self.lock(p);
+        let now = Instant::now();
+        // Always a short poll, as the callers make it on SQS: a sample of what is visible.
         Ok(q.dead
             .iter_mut()
-            .filter(|m| m.visible_at <= now)
+            .filter(|m| m.visible_at <= now && (share >= 1.0 || fastrand::f64() < share))
             .take(max.clamp(1, 10))
             .map(|m| m.deliver(now, visibility))
             .collect())
@@ -334,25 +383,14 @@ impl TaskQueue for MemoryTaskQueue {
         Ok(())
     }
 
-    async fn redrive(&self, p: Priority, received: &[Delivery]) -> Result<RedrivePath, QueueError> {
-        let now = Instant::now();
+    /// Like `StartMessageMoveTask`: every dead letter moves, after `move_delay`, whether or not
+    /// `received` holds it.
+    async fn redrive(&self, p: Priority, _received: &[Delivery]) -> Result<RedrivePath, QueueError> {
+        let at = Instant::now() + self.config.move_delay;
         let mut q = self.lock(p);
-        for d in received {
-            if let Some(pos) = q
-                .dead
-                .iter()
-                .position(|m| m.receipt.as_deref() == Some(d.receipt.as_str()))
-            {
-                if let Some(mut m) = q.dead.remove(pos) {
-                    m.seq = self.next_seq();
-                    m.receive_count = 0;
-                    m.receipt = None;
-                    m.visible_at = now;
-                    q.insert(m);
-                }
-            }
-        }
+        q.move_at = Some(q.move_at.map_or(at, |t| t.min(at)));
         drop(q);
+        // A long poll waiting on this queue wakes to re-plan its wait around the move.
         self.notify[index(p)].notify_waiters();
         Ok(RedrivePath::Memory)
     }
@@ -403,7 +441,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_backlog_of_one_user_does_not_hold_back_another() {
-        let q = MemoryTaskQueue::default();
+        let q = MemoryTaskQueue::new(MemoryQueueConfig::exact());
         for _ in 0..10_000 {
             q.send(&message("noisy"), Duration::ZERO).await.unwrap();
         }
@@ -419,7 +457,7 @@ mod tests {
 
     #[tokio::test]
     async fn receipts_find_their_message_and_a_group_keeps_its_turn_after_deletes() {
-        let q = MemoryTaskQueue::default();
+        let q = MemoryTaskQueue::new(MemoryQueueConfig::exact());
         for user in ["a", "b", "a"] {
             q.send(&message(user), Duration::ZERO).await.unwrap();
         }
@@ -453,7 +491,7 @@ mod tests {
 
     #[tokio::test]
     async fn within_a_group_messages_keep_their_order_and_groups_share_batches() {
-        let q = MemoryTaskQueue::default();
+        let q = MemoryTaskQueue::new(MemoryQueueConfig::exact());
         let mut sent = Vec::new();
         for i in 0..6 {
             let m = message(if i % 3 == 0 { "b" } else { "a" });
@@ -475,5 +513,63 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+    }
+
+    #[tokio::test]
+    async fn short_polls_see_a_sample_and_long_polls_see_all() {
+        let q = MemoryTaskQueue::new(MemoryQueueConfig {
+            visibility_timeout: Duration::ZERO,
+            ..MemoryQueueConfig::default()
+        });
+        for _ in 0..3 {
+            q.send(&message("a"), Duration::ZERO).await.unwrap();
+        }
+        let mut sizes = Vec::new();
+        for _ in 0..40 {
+            sizes.push(q.receive(Priority::Normal, 10, Duration::ZERO).await.unwrap().len());
+        }
+        // Each message is seen with probability 1/2: 40 full answers in a row would be 1 in 2^120.
+        assert!(sizes.iter().any(|&n| n < 3), "{sizes:?}");
+        assert!(sizes.iter().all(|&n| n <= 3));
+        let long = q
+            .receive(Priority::Normal, 10, Duration::from_millis(10))
+            .await
+            .unwrap();
+        assert_eq!(long.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_redrive_moves_every_dead_letter_later_seen_or_not() {
+        let q = MemoryTaskQueue::new(MemoryQueueConfig {
+            visibility_timeout: Duration::ZERO,
+            max_receive_count: 1,
+            short_poll_share: 1.0,
+            move_delay: Duration::from_millis(300),
+        });
+        for _ in 0..3 {
+            q.send(&message("a"), Duration::ZERO).await.unwrap();
+        }
+        assert_eq!(q.receive(Priority::Normal, 10, Duration::ZERO).await.unwrap().len(), 3);
+        // The second receive finds them over their receive count: dead-lettered.
+        assert!(q
+            .receive(Priority::Normal, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(q.dead_letter_depth(Priority::Normal).await.unwrap(), 3);
+        let seen = q
+            .receive_dead_letters(Priority::Normal, 1, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(seen.len(), 1);
+        q.redrive(Priority::Normal, &seen).await.unwrap();
+        // Not yet: the move is asynchronous.
+        assert_eq!(q.dead_letter_depth(Priority::Normal).await.unwrap(), 3);
+        assert_eq!(q.depth(Priority::Normal), 0);
+        // A long poll waiting on the queue is woken by the move.
+        let moved = q.receive(Priority::Normal, 10, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(moved.len(), 3, "every dead letter moves, not only the one received");
+        assert!(moved.iter().all(|d| d.receive_count == 1));
+        assert_eq!(q.dead_letter_depth(Priority::Normal).await.unwrap(), 0);
     }
 }
