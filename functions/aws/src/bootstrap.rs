@@ -9,7 +9,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use taskq_core::Priority;
 
 use crate::config::{AwsConfig, QueueUrls};
-use crate::item::{ACTIVE_INDEX, ACTIVE_PROJECTION, STATUS_INDEX};
+use crate::item::ACTIVE_INDEX;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -76,6 +76,7 @@ pub async fn ensure(sdk: &aws_config::SdkConfig, plan: &Plan) -> Result<AwsConfi
     }
     Ok(AwsConfig {
         table_name: plan.table_name.clone(),
+        retention_days: crate::dynamodb::DEFAULT_RETENTION_DAYS,
         queues: QueueUrls { queues, dead_letter },
     })
 }
@@ -94,31 +95,16 @@ async fn ensure_table(ddb: &aws_sdk_dynamodb::Client, name: &str) -> Result<(), 
         .billing_mode(BillingMode::PayPerRequest)
         .attribute_definitions(attr("pk")?)
         .attribute_definitions(attr("sk")?)
-        .attribute_definitions(attr("gsi1pk")?)
-        .attribute_definitions(attr("gsi1sk")?)
         .attribute_definitions(attr("gsi2pk")?)
         .attribute_definitions(attr("gsi2sk")?)
         .key_schema(key("pk", KeyType::Hash)?)
         .key_schema(key("sk", KeyType::Range)?)
         .global_secondary_indexes(
             GlobalSecondaryIndex::builder()
-                .index_name(STATUS_INDEX)
-                .key_schema(key("gsi1pk", KeyType::Hash)?)
-                .key_schema(key("gsi1sk", KeyType::Range)?)
-                .projection(Projection::builder().projection_type(ProjectionType::All).build())
-                .build()?,
-        )
-        .global_secondary_indexes(
-            GlobalSecondaryIndex::builder()
                 .index_name(ACTIVE_INDEX)
                 .key_schema(key("gsi2pk", KeyType::Hash)?)
                 .key_schema(key("gsi2sk", KeyType::Range)?)
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::Include)
-                        .set_non_key_attributes(Some(ACTIVE_PROJECTION.iter().map(|a| a.to_string()).collect()))
-                        .build(),
-                )
+                .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
                 .build()?,
         )
         .send()

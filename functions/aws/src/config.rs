@@ -38,11 +38,14 @@ pub(crate) fn index(p: Priority) -> usize {
 pub struct AwsConfig {
     pub table_name: String,
     pub queues: QueueUrls,
+    /// Days finished tasks are kept before the table's TTL deletes them.
+    pub retention_days: u32,
 }
 
 impl AwsConfig {
     /// Reads `TASKQ_TABLE_NAME`, `TASKQ_QUEUE_URL_{HIGH,NORMAL,LOW}` and, optionally,
-    /// `TASKQ_DLQ_URL_{HIGH,NORMAL,LOW}`. Reports every missing variable at once.
+    /// `TASKQ_DLQ_URL_{HIGH,NORMAL,LOW}` and `TASKQ_RETENTION_DAYS` (default 30). Reports every
+    /// missing or bad variable at once.
     pub fn from_env() -> Result<Self, String> {
         let mut missing = Vec::new();
         let mut var = |name: &str| match std::env::var(name) {
@@ -58,12 +61,28 @@ impl AwsConfig {
             var("TASKQ_QUEUE_URL_NORMAL"),
             var("TASKQ_QUEUE_URL_LOW"),
         ];
+        let retention_days = match std::env::var("TASKQ_RETENTION_DAYS") {
+            Ok(v) if !v.is_empty() => match v.parse::<u32>() {
+                Ok(d) if (1..=3650).contains(&d) => d,
+                _ => {
+                    missing.push(format!(
+                        "TASKQ_RETENTION_DAYS (a whole number of days, 1-3650; got {v:?})"
+                    ));
+                    0
+                }
+            },
+            _ => crate::dynamodb::DEFAULT_RETENTION_DAYS,
+        };
         if !missing.is_empty() {
-            return Err(format!("missing environment variables: {}", missing.join(", ")));
+            return Err(format!(
+                "missing or invalid environment variables: {}",
+                missing.join(", ")
+            ));
         }
         let dlq = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         Ok(Self {
             table_name,
+            retention_days,
             queues: QueueUrls {
                 queues,
                 dead_letter: [
@@ -105,7 +124,8 @@ impl AwsConfig {
 
     pub fn adapters_from(&self, sdk: &aws_config::SdkConfig) -> (DynamoDbTaskStore, SqsTaskQueue) {
         (
-            DynamoDbTaskStore::new(aws_sdk_dynamodb::Client::new(sdk), self.table_name.clone()),
+            DynamoDbTaskStore::new(aws_sdk_dynamodb::Client::new(sdk), self.table_name.clone())
+                .with_retention_days(self.retention_days),
             SqsTaskQueue::new(aws_sdk_sqs::Client::new(sdk), self.queues.clone()),
         )
     }
@@ -123,7 +143,8 @@ impl AwsConfig {
             .interceptor(counter.clone())
             .build();
         (
-            DynamoDbTaskStore::new(aws_sdk_dynamodb::Client::from_conf(ddb), self.table_name.clone()),
+            DynamoDbTaskStore::new(aws_sdk_dynamodb::Client::from_conf(ddb), self.table_name.clone())
+                .with_retention_days(self.retention_days),
             SqsTaskQueue::new(aws_sdk_sqs::Client::from_conf(sqs), self.queues.clone()),
         )
     }

@@ -17,12 +17,17 @@ use taskq_core::{
 };
 use tracing::instrument;
 
-use crate::item::{self, Item, ACTIVE_INDEX, STATUS_INDEX};
+use crate::item::{self, Item, ACTIVE_INDEX};
+
+/// How long finished tasks are kept unless configured (`TASKQ_RETENTION_DAYS`).
+pub const DEFAULT_RETENTION_DAYS: u32 = 30;
 
 #[derive(Clone, Debug)]
 pub struct DynamoDbTaskStore {
     client: Client,
     table: String,
+    /// Finished tasks get `expires_at` = finished + this; the table's TTL deletes them.
+    retention: chrono::Duration,
 }
 
 impl DynamoDbTaskStore {
@@ -30,7 +35,72 @@ impl DynamoDbTaskStore {
         Self {
             client,
             table: table.into(),
+            retention: chrono::Duration::days(DEFAULT_RETENTION_DAYS.into()),
         }
+    }
+
+    /// Keeps finished tasks `days` days (the template's `TaskRetentionDays`).
+    pub fn with_retention_days(mut self, days: u32) -> Self {
+        self.retention = chrono::Duration::days(days.into());
+        self
+    }
+
+    /// The base items of `keys` (from the keys-only `active` index), with the attributes its
+    /// readers need, in the order given. Eventually consistent: every reader acts through
+    /// conditional writes, which see the item as it is.
+    async fn active_items(&self, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
+        let order: Vec<String> = keys.iter().filter_map(|k| sk_of(k).map(str::to_owned)).collect();
+        let mut names = HashMap::new();
+        let projection: Vec<String> = item::ACTIVE_ATTRIBUTES
+            .iter()
+            .map(|a| {
+                names.insert(format!("#{a}"), (*a).to_owned());
+                format!("#{a}")
+            })
+            .chain(["sk".to_owned()])
+            .collect();
+        let mut found: HashMap<String, Item> = HashMap::with_capacity(keys.len());
+        // BatchGetItem takes at most 100 keys, and may leave some unprocessed (throttling, or
+        // 16 MB per call): those are asked for again.
+        let mut pending: Vec<Item> = keys;
+        let mut rounds = 0;
+        while !pending.is_empty() {
+            rounds += 1;
+            if rounds > 10 {
+                return Err(StoreError::Throttled(
+                    "BatchGetItem kept leaving keys unprocessed".into(),
+                ));
+            }
+            let chunk: Vec<Item> = pending.drain(..pending.len().min(100)).collect();
+            let request = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
+                .set_keys(Some(chunk))
+                .projection_expression(projection.join(", "))
+                .set_expression_attribute_names(Some(names.clone()))
+                .build()
+                .map_err(|e| StoreError::Unavailable(e.into()))?;
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, request)
+                .send()
+                .await
+                .map_err(store_error)?;
+            for i in out
+                .responses
+                .unwrap_or_default()
+                .remove(&self.table)
+                .unwrap_or_default()
+            {
+                if let Some(sk) = sk_of(&i).map(str::to_owned) {
+                    found.insert(sk, i);
+                }
+            }
+            if let Some(left) = out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)) {
+                pending.extend(left.keys);
+            }
+        }
+        // A task deleted since the index was read (it finished and expired) is skipped.
+        Ok(order.into_iter().filter_map(|sk| found.remove(&sk)).collect())
     }
 
     fn key(user_id: &str, sk: String) -> Item {
@@ -200,40 +270,46 @@ impl TaskStore for DynamoDbTaskStore {
     #[instrument(skip_all, err(Debug))]
     async fn list(&self, user_id: &str, query: &ListQuery) -> Result<TaskPage, StoreError> {
         let limit = query.limit.max(1) as usize;
-        let mut start: Option<Item> = query.after.map(|after| {
-            let mut k = Self::key(user_id, item::task_sk(after));
-            if let Some(status) = query.status {
-                k.insert("gsi1pk".into(), AttributeValue::S(item::status_pk(user_id, status)));
-                k.insert("gsi1sk".into(), AttributeValue::S(item::task_sk(after)));
-            }
-            k
-        });
+        let mut start: Option<Item> = query.after.map(|after| Self::key(user_id, item::task_sk(after)));
         let mut tasks = Vec::with_capacity(limit);
-        // A filter on priority is applied after DynamoDB's Limit: keep reading until the page is
-        // full or the partition is exhausted.
+        let mut filters = Vec::new();
+        if query.status.is_some() {
+            filters.push("#status = :s");
+        }
+        if query.priority.is_some() {
+            filters.push("#priority = :p");
+        }
+        // Filters apply after DynamoDB's Limit (and are billed for what they read): keep
+        // reading until the page is full or the user's tasks are exhausted, asking for at least
+        // a page's worth each time so a rare status does not take one request per task.
         loop {
+            let ask = if filters.is_empty() {
+                limit - tasks.len()
+            } else {
+                limit.max(FILTERED_READ)
+            };
             let mut q = self
                 .client
                 .query()
                 .table_name(&self.table)
                 .scan_index_forward(false)
-                .limit((limit - tasks.len()) as i32)
-                .set_exclusive_start_key(start.take());
-            q = match query.status {
-                Some(status) => q
-                    .index_name(STATUS_INDEX)
-                    .key_condition_expression("gsi1pk = :pk")
-                    .expression_attribute_values(":pk", AttributeValue::S(item::status_pk(user_id, status))),
-                None => q
-                    .key_condition_expression("pk = :pk AND begins_with(sk, :t)")
-                    .expression_attribute_values(":pk", AttributeValue::S(item::pk(user_id)))
-                    .expression_attribute_values(":t", AttributeValue::S("T#".into())),
-            };
+                .limit(ask as i32)
+                .set_exclusive_start_key(start.take())
+                .key_condition_expression("pk = :pk AND begins_with(sk, :t)")
+                .expression_attribute_values(":pk", AttributeValue::S(item::pk(user_id)))
+                .expression_attribute_values(":t", AttributeValue::S("T#".into()));
+            if let Some(status) = query.status {
+                q = q
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":s", AttributeValue::S(status.as_str().into()));
+            }
             if let Some(p) = query.priority {
                 q = q
-                    .filter_expression("#priority = :p")
                     .expression_attribute_names("#priority", "priority")
                     .expression_attribute_values(":p", AttributeValue::S(p.as_str().into()));
+            }
+            if !filters.is_empty() {
+                q = q.filter_expression(filters.join(" AND "));
             }
             let out = q.send().await.map_err(store_error)?;
             for i in out.items.unwrap_or_default() {
@@ -241,9 +317,12 @@ impl TaskStore for DynamoDbTaskStore {
             }
             match out.last_evaluated_key {
                 Some(k) if tasks.len() < limit => start = Some(k),
+                // A filtered read can return more than the page: the cursor is the page's last
+                // task, so the rest are read again by the next page.
                 _ => break,
             }
         }
+        tasks.truncate(limit);
         let next = (tasks.len() == limit).then(|| tasks[limit - 1].id);
         Ok(TaskPage { tasks, next })
     }
@@ -271,7 +350,13 @@ impl TaskStore for DynamoDbTaskStore {
                 None => q.key_condition_expression("gsi2pk = :pk"),
             };
             let out = q.send().await.map_err(store_error)?;
-            for i in out.items.unwrap_or_default() {
+            let keys: Vec<Item> = out
+                .items
+                .unwrap_or_default()
+                .into_iter()
+                .map(|i| i.into_iter().filter(|(k, _)| k == "pk" || k == "sk").collect())
+                .collect();
+            for i in self.active_items(keys).await? {
                 tasks.push(item::active_from_item(i).map_err(|e| StoreError::Unavailable(e.into()))?);
             }
             match out.last_evaluated_key {
@@ -306,7 +391,7 @@ impl TaskStore for DynamoDbTaskStore {
 
     #[instrument(skip_all, fields(task_id = %id, to = %change.status), err(Debug))]
     async fn apply(&self, user_id: &str, id: TaskId, change: &StateChange) -> Result<Task, StoreError> {
-        let u = Update::from_change(user_id, id, change).map_err(|e| StoreError::Unavailable(e.into()))?;
+        let u = Update::from_change(id, change, self.retention).map_err(|e| StoreError::Unavailable(e.into()))?;
         let result = self
             .client
             .update_item()
@@ -378,7 +463,7 @@ struct Update {
 }
 
 impl Update {
-    fn from_change(user_id: &str, id: TaskId, c: &StateChange) -> Result<Self, item::ItemError> {
+    fn from_change(id: TaskId, c: &StateChange, retention: chrono::Duration) -> Result<Self, item::ItemError> {
         let mut u = Update {
             set: vec![],
             remove: vec![],
@@ -396,16 +481,19 @@ impl Update {
         u.assign("status", s(c.status.as_str()));
         u.assign("runs", n(c.runs));
         u.assign("write_token", s(&c.token));
-        u.assign("gsi1pk", s(&item::status_pk(user_id, c.status)));
         u.assign("attempts", n(c.attempts));
         u.assign("updated_at", time(c.updated_at));
         // The sparse index of unfinished tasks: leave it when terminal, (re)join otherwise.
+        // Finished: expires after the retention period (the table's TTL); revived: kept again.
         if c.status.is_terminal() {
             u.field::<()>("gsi2pk", &Field::Clear, |_| AttributeValue::Null(true));
             u.field::<()>("gsi2sk", &Field::Clear, |_| AttributeValue::Null(true));
+            let expires = (c.updated_at + retention).timestamp();
+            u.assign("expires_at", AttributeValue::N(expires.to_string()));
         } else if c.expect_status.is_terminal() {
             u.assign("gsi2pk", s(&item::active_pk(c.priority, active_shard(id))));
             u.assign("gsi2sk", s(&item::task_sk(id)));
+            u.field::<()>("expires_at", &Field::Clear, |_| AttributeValue::Null(true));
         }
         u.field("started_at", &c.started_at, |t| time(*t));
         u.field("finished_at", &c.finished_at, |t| time(*t));
@@ -463,6 +551,16 @@ impl Update {
             e.push_str(&format!(" REMOVE {}", self.remove.join(", ")));
         }
         e
+    }
+}
+
+/// Tasks a filtered list asks DynamoDB for at least, per request.
+const FILTERED_READ: usize = 100;
+
+fn sk_of(item: &Item) -> Option<&str> {
+    match item.get("sk") {
+        Some(AttributeValue::S(s)) => Some(s),
+        _ => None,
     }
 }
 

@@ -1,12 +1,20 @@
 //! The single-table layout and the mapping between items and tasks.
 //!
-//! | item        | pk          | sk           | gsi1pk (index `by-status`) | gsi1sk  |
-//! |-------------|-------------|--------------|----------------------------|---------|
-//! | task        | `U#<user>`  | `T#<id>`     | `U#<user>#<status>`        | `T#<id>`|
-//! | idempotency | `U#<user>`  | `I#<key>`    | -                          | -       |
+//! | item        | pk          | sk           |
+//! |-------------|-------------|--------------|
+//! | task        | `U#<user>`  | `T#<id>`     |
+//! | idempotency | `U#<user>`  | `I#<key>`    |
 //!
 //! Unfinished tasks also carry `gsi2pk = A#<priority>#<shard>`, `gsi2sk = T#<id>` for the sparse
-//! index `active` (terminal tasks drop them), which the sweeper and admin views read.
+//! index `active` (terminal tasks drop them), which the sweeper and admin views read. The index
+//! projects keys only: a write that changes neither key (a start, a retry) writes nothing to it,
+//! so a task's lifecycle costs the index one put and one delete, whatever the task holds. The
+//! readers fetch what they need from the table (`BatchGetItem`). Listing by status reads the
+//! user's tasks with a filter (reads are cheaper than the writes a status index costs: every
+//! transition moved the task between status keys, a delete and a put of the whole item).
+//!
+//! Finished tasks carry `expires_at` (epoch seconds): the table's TTL deletes them after the
+//! retention period. Idempotency records expire through the same attribute.
 //!
 //! Payload and result are stored as JSON text: DynamoDB's number and map types would not
 //! round-trip every JSON value exactly (big integers, key order, empty keys).
@@ -20,10 +28,34 @@ use taskq_core::{Priority, Status, Task, TaskEvent, TaskFailure, TaskId, TaskTyp
 
 pub type Item = HashMap<String, AttributeValue>;
 
-pub const STATUS_INDEX: &str = "by-status";
 pub const ACTIVE_INDEX: &str = "active";
-/// Attributes the `active` index projects besides the keys (see [`ActiveItem`]).
-pub const ACTIVE_PROJECTION: &[&str] = &[
+
+/// What a global secondary index copies from the table (besides its keys and the table's).
+#[derive(Debug, Clone, Copy)]
+pub enum IndexProjection {
+    KeysOnly,
+    Include(&'static [&'static str]),
+    All,
+}
+
+/// A global secondary index of the table, as `bootstrap` creates it and the template declares
+/// it; request accounting prices index writes from it.
+#[derive(Debug, Clone, Copy)]
+pub struct IndexSpec {
+    pub name: &'static str,
+    pub hash: &'static str,
+    pub range: &'static str,
+    pub projection: IndexProjection,
+}
+
+pub const INDEXES: &[IndexSpec] = &[IndexSpec {
+    name: ACTIVE_INDEX,
+    hash: "gsi2pk",
+    range: "gsi2sk",
+    projection: IndexProjection::KeysOnly,
+}];
+/// The attributes the `active` index's readers fetch from the table (see [`ActiveItem`]).
+pub const ACTIVE_ATTRIBUTES: &[&str] = &[
     "id",
     "user_id",
     "priority",
@@ -50,16 +82,11 @@ pub fn task_sk(id: TaskId) -> String {
 pub fn key_sk(key: &str) -> String {
     format!("I#{key}")
 }
-pub fn status_pk(user_id: &str, status: Status) -> String {
-    format!("U#{user_id}#{status}")
-}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct TaskItem {
     pk: String,
     sk: String,
-    gsi1pk: String,
-    gsi1sk: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     gsi2pk: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,8 +179,6 @@ pub fn to_item(task: &Task) -> Result<Item, ItemError> {
     let item = TaskItem {
         pk: pk(&task.user_id),
         sk: task_sk(task.id),
-        gsi1pk: status_pk(&task.user_id, task.status),
-        gsi1sk: task_sk(task.id),
         gsi2pk: (!task.status.is_terminal()).then(|| active_pk(task.priority, taskq_core::active_shard(task.id))),
         gsi2sk: (!task.status.is_terminal()).then(|| task_sk(task.id)),
         id: task.id.to_string(),
@@ -332,7 +357,14 @@ mod tests {
         let t = task();
         let item = to_item(&t).unwrap();
         assert_eq!(item["pk"], AttributeValue::S("U#user-1".into()));
-        assert_eq!(item["gsi1pk"], AttributeValue::S("U#user-1#running".into()));
+        assert_eq!(
+            item["gsi2pk"],
+            AttributeValue::S(active_pk(t.priority, taskq_core::active_shard(t.id)))
+        );
+        assert!(
+            !item.contains_key("gsi1pk"),
+            "no status index: listing filters the table"
+        );
         assert!(!item.contains_key("finished_at"), "absent options are not written");
         assert_eq!(from_item(item).unwrap(), t);
     }

@@ -223,6 +223,11 @@ impl StatusCache for RedisCache {
         Ok(())
     }
 
+    async fn remove(&self, user_id: &str, id: TaskId) -> Result<(), CacheError> {
+        let _: i64 = self.query(redis::cmd("DEL").arg(cache::task_key(user_id, id))).await?;
+        Ok(())
+    }
+
     async fn publish(&self, user_id: &str, id: TaskId) -> Result<(), CacheError> {
         let _: i64 = self
             .query(redis::cmd("PUBLISH").arg(cache::task_key(user_id, id)).arg("changed"))

@@ -38,6 +38,8 @@ pub trait StatusCache: Send + Sync {
     async fn get(&self, user_id: &str, id: TaskId) -> Result<Option<Task>, CacheError>;
     /// Stores the task unless a newer version is cached; entry lifetime per [`CacheTtl`].
     async fn put(&self, task: &Task) -> Result<(), CacheError>;
+    /// Drops the task's entry: the task is gone (the table's TTL deleted it).
+    async fn remove(&self, user_id: &str, id: TaskId) -> Result<(), CacheError>;
     /// Wakes whoever [`subscribe`](Self::subscribe)d to this task. At most once: waiters poll too.
     async fn publish(&self, user_id: &str, id: TaskId) -> Result<(), CacheError>;
     /// Starts listening for changes of one task; returns once listening.
@@ -184,6 +186,14 @@ impl CacheLayer {
         if self.guard.run(self.cache.put(task)).await.is_ok() {
             let _ = self.guard.run(self.cache.publish(&task.user_id, task.id)).await;
         }
+    }
+}
+
+impl CacheLayer {
+    /// After the task was deleted (retention): drop its entry. Best effort: a failure leaves an
+    /// entry that expires within its TTL.
+    pub async fn forget(&self, user_id: &str, id: TaskId) {
+        let _ = self.guard.run(self.cache.remove(user_id, id)).await;
     }
 }
 

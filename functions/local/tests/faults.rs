@@ -161,15 +161,18 @@ async fn memory_tasks_survive_injected_faults() {
         store: store.clone(),
         queue: queue.clone(),
     };
+    let tasks = tasks_from_env(TASKS);
     run(
         backend,
         store,
         queue,
         Duration::from_millis(20),
-        Duration::from_secs(120),
+        // Two minutes for the default run (tasks are scheduled up to 90 s ahead), a minute more
+        // per 2,000 tasks beyond it.
+        Duration::from_secs(120 + 60 * (tasks.saturating_sub(TASKS) / 2000) as u64),
         9,
         Checks {
-            tasks: tasks_from_env(TASKS),
+            tasks,
             atomic_store: true,
             clock_ordered: true,
         },

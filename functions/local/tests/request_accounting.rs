@@ -27,6 +27,7 @@ fn delta(after: &Counts, before: &Counts) -> Counts {
                 calls: a.calls - b.calls,
                 read_units: a.read_units - b.read_units,
                 write_units: a.write_units - b.write_units,
+                index_write_units: a.index_write_units - b.index_write_units,
             };
             (op.clone(), d)
         })
@@ -238,4 +239,108 @@ async fn request_accounting() {
     }
     // Status reads of finished tasks come from the cache the writes refreshed.
     assert_eq!(reads.values().map(|o| o.calls).sum::<u64>(), 0, "{reads:?}");
+}
+
+/// Returns a small result (the payload's length), whatever the payload: the goal table's "small
+/// result".
+struct Digest;
+#[async_trait::async_trait]
+impl taskq_worker::TaskHandler for Digest {
+    async fn run(&self, ctx: taskq_worker::TaskContext) -> Result<Value, taskq_worker::HandlerError> {
+        Ok(json!({"bytes": ctx.task.payload.to_string().len()}))
+    }
+}
+
+/// DynamoDB write units per task lifecycle (POST /v1/tasks without a key -> started ->
+/// succeeded), by payload size, priced by `taskq_aws::accounting` (DynamoDB's sizing rules,
+/// index writes included) from the items the clients actually wrote to moto. Asserts issue 16's
+/// goals; prints the table BENCHMARKS.md reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_units_per_task_lifecycle() {
+    let Some(endpoint) = taskq_aws::testing::endpoint("write_units_per_task_lifecycle") else {
+        return;
+    };
+    let (sdk, config) = taskq_aws::testing::fresh(&endpoint, 30).await;
+    let counter = RequestCounter::new();
+    let (store, queue) = config.adapters_counted(&sdk, &counter);
+    let mut o = LocalOptions::new("127.0.0.1:0".parse().unwrap(), SECRET);
+    o.backend = Backend::Ports {
+        store: Arc::new(store),
+        queue: Arc::new(queue),
+    };
+    let mut registry = taskq_worker::Registry::with_builtins();
+    registry.register("digest", Digest);
+    o.registry = Some(registry);
+    o.policy =
+        taskq_local::RolePolicy::parse(Some(r#"{"default":{"per_second":100000,"burst":100000}}"#), None).unwrap();
+    o.sweep_every = None;
+    o.event_sources = EventSourceConfig {
+        poll_wait: Duration::from_secs(1),
+        ..EventSourceConfig::default()
+    };
+    let run = Run {
+        server: start(o).await.unwrap(),
+        counter,
+        http: reqwest::Client::new(),
+        token: taskq_api::auth::mint(SECRET, "cost-user", &[], 3600).unwrap(),
+    };
+    const PER_SIZE: usize = 3;
+    // (task type, payload bytes, goal in write units per task)
+    let cases: [(&str, usize, f64); 6] = [
+        ("digest", 100, 5.0),
+        ("digest", 1024, 7.0),
+        ("digest", 16 * 1024, 25.0),
+        ("digest", 200 * 1024, 215.0),
+        ("echo", 1024, 8.5),
+        ("echo", 16 * 1024, 42.0),
+    ];
+    println!(
+        "\nDynamoDB write units per task lifecycle (submit without a key, start, succeed), N = {PER_SIZE} per row"
+    );
+    println!(
+        "{:<8} {:>9} {:>10} {:>10} {:>8} {:>6}",
+        "type", "payload", "WRU/task", "of which", "goal", "met"
+    );
+    println!("{:<8} {:>9} {:>10} {:>10}", "", "bytes", "", "indexes");
+    let mut missed = Vec::new();
+    for (kind, bytes, goal) in cases {
+        // {"pad":"..."} of exactly `bytes` bytes of JSON.
+        let pad = "x".repeat(bytes - r#"{"pad":""}"#.len());
+        let before = run.counter.snapshot();
+        for _ in 0..PER_SIZE {
+            run.post("/v1/tasks", json!({"type": kind, "payload": {"pad": pad}}), None)
+                .await;
+        }
+        run.wait_for_updates(&before, 2 * PER_SIZE as u64).await;
+        let d = delta(&run.counter.snapshot(), &before);
+        let dynamodb: Vec<&OperationCount> = d
+            .iter()
+            .filter(|(op, _)| op.starts_with("DynamoDB."))
+            .map(|(_, c)| c)
+            .collect();
+        let wru = dynamodb.iter().map(|c| c.write_units).sum::<f64>() / PER_SIZE as f64;
+        let index = dynamodb.iter().map(|c| c.index_write_units).sum::<f64>() / PER_SIZE as f64;
+        let met = wru <= goal;
+        println!(
+            "{kind:<8} {bytes:>9} {wru:>10.1} {index:>10.1} {goal:>8.1} {:>6}",
+            if met { "yes" } else { "NO" }
+        );
+        // A lifecycle is one PutItem and two UpdateItems, nothing else.
+        assert_eq!(calls(&d, "DynamoDB.PutItem"), PER_SIZE as u64, "{kind} {bytes}: {d:?}");
+        assert_eq!(
+            calls(&d, "DynamoDB.UpdateItem"),
+            2 * PER_SIZE as u64,
+            "{kind} {bytes}: {d:?}"
+        );
+        if !met {
+            missed.push(format!("{kind} at {bytes} B: {wru:.1} WRU per task (goal {goal})"));
+        }
+    }
+    // The goals met today are asserted, so a regression fails here. Payloads of 1 KB and more
+    // are still written with every transition (issue 16, open): those rows are reported.
+    let small = missed.iter().filter(|m| m.starts_with("digest at 100 B")).count();
+    assert_eq!(small, 0, "{missed:?}");
+    if !missed.is_empty() {
+        println!("not met yet: {missed:?}");
+    }
 }

@@ -12,15 +12,50 @@ use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::Serialize;
 use taskq_core::cache::CacheLayer;
-use taskq_core::Task;
+use taskq_core::{Task, TaskId};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct StreamReport {
     pub refreshed: usize,
-    /// Records of other items (idempotency keys) and removals (TTL).
+    /// Tasks the table's TTL deleted (retention): their cache entries were dropped.
+    pub removed: usize,
+    /// Records of other items (idempotency keys, and their removals).
     pub ignored: usize,
     /// Images that did not read as a task: logged and skipped.
     pub unreadable: usize,
+}
+
+/// What a stream record means for the cache.
+#[derive(Debug, PartialEq)]
+pub enum Change {
+    /// A task was written: its new version.
+    Written(Box<Task>),
+    /// A task was deleted (its retention ended): (user, id).
+    Removed(String, TaskId),
+    /// Not a task (an idempotency record).
+    Other,
+}
+
+/// What a record means: a REMOVE carries only the keys (`U#<user>`, `T#<id>`).
+pub fn change_of(record: &EventRecord) -> Result<Change, String> {
+    if record.event_name == "REMOVE" {
+        let keys: HashMap<String, AttributeValue> = record.change.keys.clone().into();
+        let text = |name: &str| match keys.get(name) {
+            Some(AttributeValue::S(s)) => Some(s.as_str()),
+            _ => None,
+        };
+        let (Some(pk), Some(sk)) = (text("pk"), text("sk")) else {
+            return Ok(Change::Other);
+        };
+        let (Some(user), Some(id)) = (pk.strip_prefix("U#"), sk.strip_prefix("T#")) else {
+            return Ok(Change::Other);
+        };
+        let id: TaskId = id
+            .parse()
+            .map_err(|_| format!("a REMOVE record with a bad task id {sk:?}"))?;
+        return Ok(Change::Removed(user.to_owned(), id));
+    }
+    Ok(task_of(record)?.map_or(Change::Other, |t| Change::Written(Box::new(t))))
 }
 
 /// The task a record's new image holds, if it holds one.
@@ -38,12 +73,16 @@ pub fn task_of(record: &EventRecord) -> Result<Option<Task>, String> {
 pub async fn handle(event: &Event, cache: &CacheLayer) -> StreamReport {
     let mut report = StreamReport::default();
     for record in &event.records {
-        match task_of(record) {
-            Ok(Some(task)) => {
+        match change_of(record) {
+            Ok(Change::Written(task)) => {
                 cache.refresh(&task).await;
                 report.refreshed += 1;
             }
-            Ok(None) => report.ignored += 1,
+            Ok(Change::Removed(user, id)) => {
+                cache.forget(&user, id).await;
+                report.removed += 1;
+            }
+            Ok(Change::Other) => report.ignored += 1,
             Err(e) => {
                 tracing::error!(error = %e, event_id = %record.event_id, "stream record is not a readable task");
                 report.unreadable += 1;

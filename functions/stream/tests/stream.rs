@@ -52,6 +52,7 @@ async fn the_aws_fixture_holds_no_task_and_is_skipped() {
         report,
         StreamReport {
             refreshed: 0,
+            removed: 0,
             ignored: 2,
             unreadable: 0
         }
@@ -85,6 +86,7 @@ async fn each_task_write_refreshes_the_cache_and_an_old_record_never_wins() {
         report,
         StreamReport {
             refreshed: 3,
+            removed: 0,
             ignored: 1,
             unreadable: 1
         }
@@ -100,4 +102,34 @@ async fn each_task_write_refreshes_the_cache_and_an_old_record_never_wins() {
         .expect("a change message was published")
         .unwrap();
     assert!(cache.get("bob", queued.id).await.unwrap().is_none());
+}
+
+/// The table's TTL deleted a finished task (its retention ended): the REMOVE record carries only
+/// the keys, and the consumer drops the task's cache entry, so a status read answers 404 from
+/// the table instead of the cached task for up to an hour.
+#[tokio::test]
+async fn a_ttl_removal_drops_the_cache_entry() {
+    let (cache, layer) = layer();
+    let task = a_task().await;
+    cache.put(&task).await.unwrap();
+    let mut removal = record("REMOVE", json!(null));
+    removal["dynamodb"].as_object_mut().unwrap().remove("NewImage");
+    removal["dynamodb"]["Keys"] = json!({"pk": {"S": "U#alice"}, "sk": {"S": format!("T#{}", task.id)}});
+    let key_removal = {
+        let mut r = removal.clone();
+        r["dynamodb"]["Keys"] = json!({"pk": {"S": "U#alice"}, "sk": {"S": "I#a-key"}});
+        r
+    };
+    let event: Event = serde_json::from_value(json!({"Records": [removal, key_removal]})).unwrap();
+    let report = handle(&event, &layer).await;
+    assert_eq!(
+        report,
+        StreamReport {
+            refreshed: 0,
+            removed: 1,
+            ignored: 1,
+            unreadable: 0
+        }
+    );
+    assert!(cache.get("alice", task.id).await.unwrap().is_none());
 }

@@ -117,6 +117,11 @@ impl StatusCache for MemoryStatusCache {
         Ok(())
     }
 
+    async fn remove(&self, user_id: &str, id: TaskId) -> Result<(), CacheError> {
+        self.lock().map.remove(&cache::task_key(user_id, id));
+        Ok(())
+    }
+
     async fn publish(&self, user_id: &str, id: TaskId) -> Result<(), CacheError> {
         // No receivers is not an error: nobody is waiting.
         let watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
