@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemOutput;
-use aws_sdk_dynamodb::operation::get_item::GetItemOutput;
+use aws_sdk_dynamodb::operation::get_item::{GetItemInput, GetItemOutput};
 use aws_sdk_dynamodb::operation::put_item::PutItemInput;
 use aws_sdk_dynamodb::operation::query::QueryOutput;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput;
@@ -33,7 +33,17 @@ use aws_smithy_runtime_api::client::interceptors::context::{
 };
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 
+use aws_smithy_types::config_bag::{Storable, StoreReplace};
+
 use crate::item::{IndexProjection, IndexSpec, INDEXES};
+
+/// Whether the GetItem in flight asked for a strongly consistent read (its output cannot say).
+#[derive(Debug, Clone, Copy)]
+struct Consistent(bool);
+
+impl Storable for Consistent {
+    type Storer = StoreReplace<Self>;
+}
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -180,6 +190,9 @@ impl Intercept for RequestCounter {
             if let Some(item) = &put.item {
                 cost = self.write(item, false);
             }
+        } else if let Some(get) = input.downcast_ref::<GetItemInput>() {
+            cfg.interceptor_state()
+                .store_put(Consistent(get.consistent_read.unwrap_or(false)));
         } else if let Some(tx) = input.downcast_ref::<TransactWriteItemsInput>() {
             for put in tx.transact_items.iter().flatten().filter_map(|t| t.put.as_ref()) {
                 let c = self.write(&put.item, true);
@@ -216,9 +229,11 @@ impl Intercept for RequestCounter {
             return Ok(());
         };
         let (read, write) = if let Some(get) = output.downcast_ref::<GetItemOutput>() {
-            // Strongly consistent (the store always asks for it); a miss still costs a unit.
+            // A miss still costs a unit (half, eventually consistent).
             let size = get.item.as_ref().map(item_size).unwrap_or(0);
-            (read_units(size).max(1.0), WriteCost::default())
+            let consistent = cfg.load::<Consistent>().is_none_or(|c| c.0);
+            let units = read_units(size).max(1.0);
+            (if consistent { units } else { units / 2.0 }, WriteCost::default())
         } else if let Some(q) = output.downcast_ref::<QueryOutput>() {
             // Eventually consistent (lists and the index are read so).
             let size: usize = q.items.iter().flatten().map(item_size).sum();

@@ -45,23 +45,90 @@ impl DynamoDbTaskStore {
         self
     }
 
-    /// The base items of `keys` (from the keys-only `active` index), with the attributes its
-    /// readers need, in the order given. Eventually consistent: every reader acts through
-    /// conditional writes, which see the item as it is.
-    async fn active_items(&self, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
-        let order: Vec<String> = keys.iter().filter_map(|k| sk_of(k).map(str::to_owned)).collect();
-        let mut names = HashMap::new();
-        let projection: Vec<String> = item::ACTIVE_ATTRIBUTES
+    /// The task an item holds, with its payload read from the payload's own item when it has
+    /// one (see [`item::to_items`]).
+    async fn task(&self, item: Item) -> Result<Task, StoreError> {
+        let separate = item::payload_is_separate(&item);
+        let mut task = item::from_item(item).map_err(|e| StoreError::Unavailable(e.into()))?;
+        if separate {
+            task.payload = self.payload(&task.user_id, task.id).await?;
+        }
+        Ok(task)
+    }
+
+    /// A payload item, read eventually consistent (it never changes once written, before its
+    /// task), then strongly if that missed it.
+    async fn payload(&self, user_id: &str, id: TaskId) -> Result<serde_json::Value, StoreError> {
+        for consistent in [false, true] {
+            let out = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(Self::key(user_id, item::payload_sk(id))))
+                .consistent_read(consistent)
+                .send()
+                .await
+                .map_err(store_error)?;
+            if let Some(i) = out.item {
+                return item::payload_from_item(&i).map_err(|e| StoreError::Unavailable(e.into()));
+            }
+        }
+        Err(StoreError::Unavailable(
+            format!("task {id}: its payload item is missing (expired?)").into(),
+        ))
+    }
+
+    /// The tasks of a page of items, the separate payloads read in one `BatchGetItem` per 100.
+    async fn tasks(&self, items: Vec<Item>) -> Result<Vec<Task>, StoreError> {
+        let separate: Vec<bool> = items.iter().map(item::payload_is_separate).collect();
+        let mut tasks = items
+            .into_iter()
+            .map(|i| item::from_item(i).map_err(|e| StoreError::Unavailable(e.into())))
+            .collect::<Result<Vec<Task>, _>>()?;
+        let keys: Vec<Item> = tasks
             .iter()
-            .map(|a| {
-                names.insert(format!("#{a}"), (*a).to_owned());
-                format!("#{a}")
-            })
-            .chain(["sk".to_owned()])
+            .zip(&separate)
+            .filter(|(_, s)| **s)
+            .map(|(t, _)| Self::key(&t.user_id, item::payload_sk(t.id)))
             .collect();
+        if keys.is_empty() {
+            return Ok(tasks);
+        }
+        let mut payloads: HashMap<String, Item> = self.batch_get(keys, None).await?;
+        for (t, s) in tasks.iter_mut().zip(&separate) {
+            if *s {
+                t.payload = match payloads.remove(&item::payload_sk(t.id)) {
+                    Some(i) => item::payload_from_item(&i).map_err(|e| StoreError::Unavailable(e.into()))?,
+                    // Not yet visible to an eventually consistent read: read it alone.
+                    None => self.payload(&t.user_id, t.id).await?,
+                };
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// `BatchGetItem` over any number of keys (100 per call; unprocessed keys asked for again),
+    /// eventually consistent; the items found, by sort key. `projection`: attribute names.
+    async fn batch_get(
+        &self,
+        keys: Vec<Item>,
+        projection: Option<&[&str]>,
+    ) -> Result<HashMap<String, Item>, StoreError> {
+        let mut names = HashMap::new();
+        let projection: Option<String> = projection.map(|attrs| {
+            attrs
+                .iter()
+                .map(|a| {
+                    names.insert(format!("#{a}"), (*a).to_owned());
+                    format!("#{a}")
+                })
+                .chain(["sk".to_owned()])
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
         let mut found: HashMap<String, Item> = HashMap::with_capacity(keys.len());
-        // BatchGetItem takes at most 100 keys, and may leave some unprocessed (throttling, or
-        // 16 MB per call): those are asked for again.
+        // BatchGetItem may leave keys unprocessed (throttling, or 16 MB per call): those are
+        // asked for again.
         let mut pending: Vec<Item> = keys;
         let mut rounds = 0;
         while !pending.is_empty() {
@@ -72,12 +139,13 @@ impl DynamoDbTaskStore {
                 ));
             }
             let chunk: Vec<Item> = pending.drain(..pending.len().min(100)).collect();
-            let request = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
-                .set_keys(Some(chunk))
-                .projection_expression(projection.join(", "))
-                .set_expression_attribute_names(Some(names.clone()))
-                .build()
-                .map_err(|e| StoreError::Unavailable(e.into()))?;
+            let mut request = aws_sdk_dynamodb::types::KeysAndAttributes::builder().set_keys(Some(chunk));
+            if let Some(p) = &projection {
+                request = request
+                    .projection_expression(p)
+                    .set_expression_attribute_names(Some(names.clone()));
+            }
+            let request = request.build().map_err(|e| StoreError::Unavailable(e.into()))?;
             let out = self
                 .client
                 .batch_get_item()
@@ -99,6 +167,26 @@ impl DynamoDbTaskStore {
                 pending.extend(left.keys);
             }
         }
+        Ok(found)
+    }
+
+    /// A write's answer as tasks (payloads filled in).
+    async fn outcome(&self, written: Written) -> Result<Task, StoreError> {
+        match written {
+            Written::Item(i) => self.task(i).await,
+            Written::Conflict(Some(i)) => Err(StoreError::Conflict {
+                current: Some(Box::new(self.task(i).await?)),
+            }),
+            Written::Conflict(None) => Err(StoreError::Conflict { current: None }),
+        }
+    }
+
+    /// The base items of `keys` (from the keys-only `active` index), with the attributes its
+    /// readers need, in the order given. Eventually consistent: every reader acts through
+    /// conditional writes, which see the item as it is.
+    async fn active_items(&self, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
+        let order: Vec<String> = keys.iter().filter_map(|k| sk_of(k).map(str::to_owned)).collect();
+        let mut found = self.batch_get(keys, Some(item::ACTIVE_ATTRIBUTES)).await?;
         // A task deleted since the index was read (it finished and expired) is skipped.
         Ok(order.into_iter().filter_map(|sk| found.remove(&sk)).collect())
     }
@@ -160,7 +248,22 @@ impl DynamoDbTaskStore {
 impl TaskStore for DynamoDbTaskStore {
     #[instrument(skip_all, fields(task_id = %task.id), err(Debug))]
     async fn create(&self, task: &Task, claim: Option<&IdempotencyClaim>) -> Result<Created, StoreError> {
-        let task_item = item::to_item(task).map_err(|e| StoreError::Unavailable(e.into()))?;
+        let (task_item, payload_item) = item::to_items(task).map_err(|e| StoreError::Unavailable(e.into()))?;
+        if let Some(mut payload_item) = payload_item {
+            // Written first, so a task item never names a payload that is not there. Not
+            // conditional: the id is new, and a retry writes the same bytes. If the task's
+            // write then fails, this item is an orphan that its TTL removes.
+            let due = task.run_at.unwrap_or(task.created_at).max(task.created_at);
+            let expires = due + chrono::Duration::days(PAYLOAD_GRACE_DAYS) + self.retention;
+            payload_item.insert("expires_at".into(), AttributeValue::N(expires.timestamp().to_string()));
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(payload_item))
+                .send()
+                .await
+                .map_err(store_error)?;
+        }
         let Some(claim) = claim else {
             let put = self
                 .client
@@ -183,10 +286,10 @@ impl TaskStore for DynamoDbTaskStore {
                         }
                         _ => None,
                     };
-                    let existing = existing
-                        .map(item::from_item)
-                        .transpose()
-                        .map_err(|e| StoreError::Unavailable(e.into()))?;
+                    let existing = match existing {
+                        Some(i) => Some(self.task(i).await?),
+                        None => None,
+                    };
                     match existing {
                         Some(t) if t.write_token.is_some() && t.write_token == task.write_token => Ok(Created::New(t)),
                         current => Err(StoreError::Conflict {
@@ -261,10 +364,10 @@ impl TaskStore for DynamoDbTaskStore {
 
     #[instrument(skip_all, fields(task_id = %id), err(Debug))]
     async fn get(&self, user_id: &str, id: TaskId) -> Result<Option<Task>, StoreError> {
-        self.read(Self::key(user_id, item::task_sk(id)))
-            .await?
-            .map(|i| item::from_item(i).map_err(|e| StoreError::Unavailable(e.into())))
-            .transpose()
+        match self.read(Self::key(user_id, item::task_sk(id))).await? {
+            Some(i) => Ok(Some(self.task(i).await?)),
+            None => Ok(None),
+        }
     }
 
     #[instrument(skip_all, err(Debug))]
@@ -312,9 +415,7 @@ impl TaskStore for DynamoDbTaskStore {
                 q = q.filter_expression(filters.join(" AND "));
             }
             let out = q.send().await.map_err(store_error)?;
-            for i in out.items.unwrap_or_default() {
-                tasks.push(item::from_item(i).map_err(|e| StoreError::Unavailable(e.into()))?);
-            }
+            tasks.extend(out.items.unwrap_or_default());
             match out.last_evaluated_key {
                 Some(k) if tasks.len() < limit => start = Some(k),
                 // A filtered read can return more than the page: the cursor is the page's last
@@ -323,6 +424,7 @@ impl TaskStore for DynamoDbTaskStore {
             }
         }
         tasks.truncate(limit);
+        let tasks = self.tasks(tasks).await?;
         let next = (tasks.len() == limit).then(|| tasks[limit - 1].id);
         Ok(TaskPage { tasks, next })
     }
@@ -386,7 +488,7 @@ impl TaskStore for DynamoDbTaskStore {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        updated(result)
+        self.outcome(updated(result)?).await
     }
 
     #[instrument(skip_all, fields(task_id = %id, to = %change.status), err(Debug))]
@@ -406,7 +508,7 @@ impl TaskStore for DynamoDbTaskStore {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        match updated(result) {
+        match self.outcome(updated(result)?).await {
             // An earlier try of this write was applied and its response lost (the SDK retried):
             // the item carries this change's token.
             Err(StoreError::Conflict { current: Some(t) }) if change.applied_in(&t) => Ok(*t),
@@ -415,8 +517,13 @@ impl TaskStore for DynamoDbTaskStore {
     }
 }
 
-/// An UpdateItem's answer: the item as written (`ALL_NEW`), or on a failed condition a conflict
-/// carrying the item as it is now (`ALL_OLD` on condition failure: no extra read).
+/// An UpdateItem's answer: the item as written (`ALL_NEW`), or on a failed condition the item
+/// as it is now, when it exists (`ALL_OLD` on condition failure: no extra read).
+enum Written {
+    Item(Item),
+    Conflict(Option<Item>),
+}
+
 fn updated(
     result: Result<
         aws_sdk_dynamodb::operation::update_item::UpdateItemOutput,
@@ -425,32 +532,19 @@ fn updated(
             aws_sdk_dynamodb::config::http::HttpResponse,
         >,
     >,
-) -> Result<Task, StoreError> {
+) -> Result<Written, StoreError> {
     match result {
-        Ok(out) => {
-            let item = out
-                .attributes
-                .ok_or_else(|| StoreError::Unavailable("UpdateItem returned no attributes".into()))?;
-            item::from_item(item).map_err(|e| StoreError::Unavailable(e.into()))
-        }
+        Ok(out) => out
+            .attributes
+            .map(Written::Item)
+            .ok_or_else(|| StoreError::Unavailable("UpdateItem returned no attributes".into())),
         Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-            Err(conflict(e.into_err()))
+            Ok(Written::Conflict(match e.into_err() {
+                aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => c.item,
+                _ => None,
+            }))
         }
         Err(e) => Err(store_error(e)),
-    }
-}
-
-/// A failed condition: the item as it is now comes with the error (no extra read), if it exists.
-fn conflict(e: aws_sdk_dynamodb::operation::update_item::UpdateItemError) -> StoreError {
-    let current = match e {
-        aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => c.item,
-        _ => None,
-    };
-    match current.map(item::from_item).transpose() {
-        Ok(current) => StoreError::Conflict {
-            current: current.map(Box::new),
-        },
-        Err(e) => StoreError::Unavailable(e.into()),
     }
 }
 
@@ -553,6 +647,10 @@ impl Update {
         e
     }
 }
+
+/// A payload item outlives the day its task is due by this long plus the retention period: a
+/// task must finish within it (a task still unfinished after that may lose its payload).
+const PAYLOAD_GRACE_DAYS: i64 = 14;
 
 /// Tasks a filtered list asks DynamoDB for at least, per request.
 const FILTERED_READ: usize = 100;

@@ -3,7 +3,14 @@
 //! | item        | pk          | sk           |
 //! |-------------|-------------|--------------|
 //! | task        | `U#<user>`  | `T#<id>`     |
+//! | payload     | `U#<user>`  | `P#<id>`     |
 //! | idempotency | `U#<user>`  | `I#<key>`    |
+//!
+//! A payload of more than [`INLINE_PAYLOAD_BYTES`] is written once, to its own item, and the
+//! task item holds its size (`payload_bytes`) instead: DynamoDB bills an UpdateItem by the size
+//! of the whole item, so a payload inside the task item would be paid again by every state
+//! change. Small payloads stay inline, where they cost nothing extra (the task item stays
+//! within its first kilobyte).
 //!
 //! Unfinished tasks also carry `gsi2pk = A#<priority>#<shard>`, `gsi2sk = T#<id>` for the sparse
 //! index `active` (terminal tasks drop them), which the sweeper and admin views read. The index
@@ -79,6 +86,9 @@ pub fn pk(user_id: &str) -> String {
 pub fn task_sk(id: TaskId) -> String {
     format!("T#{id}")
 }
+pub fn payload_sk(id: TaskId) -> String {
+    format!("P#{id}")
+}
 pub fn key_sk(key: &str) -> String {
     format!("I#{key}")
 }
@@ -97,7 +107,11 @@ struct TaskItem {
     task_type: String,
     priority: Priority,
     status: Status,
-    payload: String,
+    /// Absent when the payload has an item of its own (then `payload_bytes` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    payload: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    payload_bytes: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     result: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -175,6 +189,41 @@ pub fn json_text(v: &serde_json::Value) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".into())
 }
 
+pub use taskq_core::limits::INLINE_PAYLOAD_BYTES;
+
+/// The task's item and, for a payload of more than [`INLINE_PAYLOAD_BYTES`], the payload's own
+/// item (written first, once; it never changes).
+pub fn to_items(task: &Task) -> Result<(Item, Option<Item>), ItemError> {
+    let payload = json_text(&task.payload);
+    if payload.len() <= INLINE_PAYLOAD_BYTES {
+        return Ok((to_item(task)?, None));
+    }
+    let bytes = payload.len();
+    let mut payload_item: Item = HashMap::from([
+        ("pk".to_owned(), AttributeValue::S(pk(&task.user_id))),
+        ("sk".to_owned(), AttributeValue::S(payload_sk(task.id))),
+    ]);
+    payload_item.insert("payload".into(), AttributeValue::S(payload));
+    let mut item = to_item(task)?;
+    item.remove("payload");
+    item.insert("payload_bytes".into(), AttributeValue::N(bytes.to_string()));
+    Ok((item, Some(payload_item)))
+}
+
+/// Whether a task item's payload is in its own item (see [`to_items`]).
+pub fn payload_is_separate(item: &Item) -> bool {
+    !item.contains_key("payload") && item.contains_key("payload_bytes")
+}
+
+/// The payload a payload item holds.
+pub fn payload_from_item(item: &Item) -> Result<serde_json::Value, ItemError> {
+    match item.get("payload") {
+        Some(AttributeValue::S(s)) => serde_json::from_str(s).map_err(|_| ItemError::Field("payload")),
+        _ => Err(ItemError::Field("payload")),
+    }
+}
+
+/// The task item alone, payload inline whatever its size (and the stream images in tests).
 pub fn to_item(task: &Task) -> Result<Item, ItemError> {
     let item = TaskItem {
         pk: pk(&task.user_id),
@@ -186,7 +235,8 @@ pub fn to_item(task: &Task) -> Result<Item, ItemError> {
         task_type: task.task_type.as_str().to_owned(),
         priority: task.priority,
         status: task.status,
-        payload: json_text(&task.payload),
+        payload: Some(json_text(&task.payload)),
+        payload_bytes: None,
         result: task.result.as_ref().map(json_text),
         error: task.error.clone(),
         attempts: task.attempts,
@@ -243,6 +293,8 @@ pub fn active_from_item(item: Item) -> Result<taskq_core::ActiveTask, ItemError>
     })
 }
 
+/// The task an item holds; a payload kept in its own item reads as `null` here (the store
+/// fills it in; see [`payload_is_separate`]).
 pub fn from_item(item: Item) -> Result<Task, ItemError> {
     let it: TaskItem = serde_dynamo::from_item(item)?;
     let parse_json = |s: &str, f| serde_json::from_str(s).map_err(|_| ItemError::Field(f));
@@ -252,7 +304,11 @@ pub fn from_item(item: Item) -> Result<Task, ItemError> {
         user_id: it.user_id,
         priority: it.priority,
         status: it.status,
-        payload: parse_json(&it.payload, "payload")?,
+        payload: match &it.payload {
+            Some(p) => parse_json(p, "payload")?,
+            None if it.payload_bytes.is_some() => serde_json::Value::Null,
+            None => return Err(ItemError::Field("payload")),
+        },
         result: it.result.as_deref().map(|r| parse_json(r, "result")).transpose()?,
         error: it.error,
         attempts: it.attempts,

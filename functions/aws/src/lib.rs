@@ -19,6 +19,6 @@ pub mod warm;
 
 pub use config::{AwsConfig, QueueUrls};
 pub use dynamodb::DynamoDbTaskStore;
-pub use item::{task_from_image, task_to_image, ItemError};
+pub use item::{payload_is_separate, task_from_image, task_to_image, ItemError};
 pub use redis_cache::{RedisCache, RedisSettings};
 pub use sqs::SqsTaskQueue;

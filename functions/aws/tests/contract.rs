@@ -73,6 +73,7 @@ contract!(
     a_write_retried_after_a_lost_response_is_its_own_success,
     a_write_past_400_kb_is_refused_as_too_large,
     two_sweeps_racing_on_a_resend_write_once,
+    a_large_payload_comes_back_from_every_read_and_write,
     queue_sends_receives_and_deletes,
     queue_redelivers_after_visibility_and_counts_receives,
     queue_dead_letters_after_max_receives,
@@ -576,6 +577,7 @@ async fn a_write_retried_after_a_lost_response_is_its_own_success(b: Backends) {
 /// task is left as it was.
 async fn a_write_past_400_kb_is_refused_as_too_large(b: Backends) {
     let service = TaskService::new(b.store.clone(), b.queue.clone());
+    // A 250 KB payload has an item of its own; the task's item holds the result and history.
     let big = NewTask::from_json(&json!({"type": "echo", "payload": "p".repeat(250_000)}), "").unwrap();
     let t = service.submit("max", &big, None).await.unwrap().task;
     let running = b
@@ -592,7 +594,7 @@ async fn a_write_past_400_kb_is_refused_as_too_large(b: Backends) {
         .await
         .unwrap();
     let too_big = Transition::Succeed {
-        result: json!("r".repeat(200_000)),
+        result: json!("r".repeat(405_000)),
     }
     .plan(Snapshot::from(&running), Utc::now())
     .unwrap();
@@ -608,9 +610,9 @@ async fn a_write_past_400_kb_is_refused_as_too_large(b: Backends) {
         b.store.get("max", t.id).await.unwrap().unwrap() == running,
         "the refused write changed the task"
     );
-    // A result that fits still lands.
+    // A result that fits still lands (with the payload it would not fit one item).
     let fits = Transition::Succeed {
-        result: json!("r".repeat(100_000)),
+        result: json!("r".repeat(200_000)),
     }
     .plan(Snapshot::from(&running), Utc::now())
     .unwrap();
@@ -656,6 +658,62 @@ impl CloneWithNewId for taskq_core::Task {
         let mut t = self.clone();
         t.id = taskq_core::TaskId::new();
         t
+    }
+}
+
+/// A payload too big to stay in the task's item (DynamoDB keeps it in an item of its own, so a
+/// state change does not pay for it again) comes back whole from get, list, a state change, a
+/// conflict, a keyed replay and a retried create; a small one next to it stays as it was.
+async fn a_large_payload_comes_back_from_every_read_and_write(b: Backends) {
+    let service = TaskService::new(b.store.clone(), b.queue.clone());
+    let big = json!({"blob": "b".repeat(10_000), "n": [1, 2.5, null]});
+    let new = NewTask::from_json(&json!({"type": "echo", "payload": big}), "").unwrap();
+    let t = service.submit("lena", &new, Some("big-key")).await.unwrap().task;
+    assert_eq!(t.payload, big);
+    // A create retried after its response was lost is the task it created, payload included.
+    match b.store.create(&t, None).await {
+        Ok(Created::New(again)) => assert!(again.payload == big, "the payload came back"),
+        _ => panic!("expected the task the first try created"),
+    }
+    let small = submit(&b, "lena", "normal").await;
+    assert!(
+        b.store.get("lena", t.id).await.unwrap().unwrap() == t,
+        "get returns the task whole"
+    );
+    let page = b
+        .store
+        .list(
+            "lena",
+            &ListQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        page.tasks == vec![small.clone(), t.clone()],
+        "list returns both tasks whole"
+    );
+    // A keyed replay answers with the stored task, payload included.
+    let replay = service.submit("lena", &new, Some("big-key")).await.unwrap();
+    assert!(replay.task.payload == big, "the payload came back");
+    let start = Transition::Start {
+        lease_until: Utc::now() + chrono::Duration::seconds(60),
+    }
+    .plan(Snapshot::from(&t), Utc::now())
+    .unwrap();
+    let running = b.store.apply("lena", t.id, &start).await.unwrap();
+    assert!(running.payload == big, "the payload came back");
+    // The same start planned again (another delivery, its own token) finds the task moved on.
+    let again = Transition::Start {
+        lease_until: Utc::now() + chrono::Duration::seconds(60),
+    }
+    .plan(Snapshot::from(&t), Utc::now())
+    .unwrap();
+    match b.store.apply("lena", t.id, &again).await {
+        Err(StoreError::Conflict { current: Some(now) }) => assert!(now.payload == big, "the payload came back"),
+        _ => panic!("expected a conflict carrying the task"),
     }
 }
 

@@ -195,6 +195,15 @@ impl CacheLayer {
     pub async fn forget(&self, user_id: &str, id: TaskId) {
         let _ = self.guard.run(self.cache.remove(user_id, id)).await;
     }
+
+    /// After a state change whose new version the caller cannot store (the stream image of a
+    /// task whose payload is in its own item lacks it): drop the entry, so the next read fills
+    /// it from the table, and wake waiters.
+    pub async fn invalidate(&self, user_id: &str, id: TaskId) {
+        if self.guard.run(self.cache.remove(user_id, id)).await.is_ok() {
+            let _ = self.guard.run(self.cache.publish(user_id, id)).await;
+        }
+    }
 }
 
 /// Rate limiting with a fallback: when the shared limiter fails, this instance limits alone

@@ -6,7 +6,12 @@ pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 pub const MAX_SUBMIT_BODY_BYTES: usize = MAX_PAYLOAD_BYTES + 16 * 1024;
 /// Largest request body of `POST /v1/tasks/batch`: the Lambda synchronous invocation limit.
 pub const MAX_BATCH_BODY_BYTES: usize = 6 * 1024 * 1024 - 64 * 1024;
-/// A DynamoDB item holds at most 400 KB; payload, result and history share it. (DynamoDB's
+/// Payloads up to this many bytes (serialized) are kept in the task's item; larger ones in an
+/// item of their own, written once (DynamoDB bills every state change by the size of the whole
+/// item). The embedded store counts item sizes the same way.
+pub const INLINE_PAYLOAD_BYTES: usize = 256;
+/// A DynamoDB item holds at most 400 KB; an inline payload, the result and the history share
+/// it. (DynamoDB's
 /// limit is 400 KiB; the decimal figure keeps a margin for the estimate.)
 pub const MAX_ITEM_BYTES: usize = 400 * 1000;
 /// Room kept in an item, when a result is budgeted, for the writes that may follow it: the

@@ -308,10 +308,18 @@ impl Task {
     /// embedded store refuses writes past [`crate::limits::MAX_ITEM_BYTES`] by it, as DynamoDB
     /// refuses items past 400 KB, and the worker budgets results with it.
     pub fn item_bytes(&self) -> usize {
-        let public = json_len(self);
+        let payload = json_len(&self.payload);
+        // A payload over the inline limit lives in an item of its own.
+        let apart = if payload > crate::limits::INLINE_PAYLOAD_BYTES {
+            payload
+        } else {
+            0
+        };
+        let public = json_len(self) - apart;
         let history: usize = self.history.iter().map(json_len).sum();
-        // pk, sk, gsi1pk, gsi1sk, gsi2pk, gsi2sk (each holding the user id or the task id, and
-        // a prefix), user_id, runs, write_token, lease_until: names and values.
+        // pk, sk, gsi2pk, gsi2sk (each holding the user id or the task id, and a prefix),
+        // user_id, runs, write_token, lease_until, expires_at, payload_bytes: names and
+        // values.
         let keys = 3 * self.user_id.len() + 300;
         public + history + keys
     }

@@ -17,6 +17,8 @@ use taskq_core::{Task, TaskId};
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct StreamReport {
     pub refreshed: usize,
+    /// Tasks whose payload is in its own item: their entries were dropped, not refreshed.
+    pub invalidated: usize,
     /// Tasks the table's TTL deleted (retention): their cache entries were dropped.
     pub removed: usize,
     /// Records of other items (idempotency keys, and their removals).
@@ -30,6 +32,9 @@ pub struct StreamReport {
 pub enum Change {
     /// A task was written: its new version.
     Written(Box<Task>),
+    /// A task whose payload is in its own item was written: the image lacks the payload, so the
+    /// entry is dropped (the next read fills it from the table) and waiters are woken.
+    WrittenWithoutPayload(String, TaskId),
     /// A task was deleted (its retention ended): (user, id).
     Removed(String, TaskId),
     /// Not a task (an idempotency record).
@@ -55,6 +60,13 @@ pub fn change_of(record: &EventRecord) -> Result<Change, String> {
             .map_err(|_| format!("a REMOVE record with a bad task id {sk:?}"))?;
         return Ok(Change::Removed(user.to_owned(), id));
     }
+    let image: HashMap<String, AttributeValue> = record.change.new_image.clone().into();
+    if taskq_aws::payload_is_separate(&image) {
+        return Ok(match task_of(record)? {
+            Some(t) => Change::WrittenWithoutPayload(t.user_id, t.id),
+            None => Change::Other,
+        });
+    }
     Ok(task_of(record)?.map_or(Change::Other, |t| Change::Written(Box::new(t))))
 }
 
@@ -77,6 +89,10 @@ pub async fn handle(event: &Event, cache: &CacheLayer) -> StreamReport {
             Ok(Change::Written(task)) => {
                 cache.refresh(&task).await;
                 report.refreshed += 1;
+            }
+            Ok(Change::WrittenWithoutPayload(user, id)) => {
+                cache.invalidate(&user, id).await;
+                report.invalidated += 1;
             }
             Ok(Change::Removed(user, id)) => {
                 cache.forget(&user, id).await;

@@ -52,6 +52,7 @@ async fn the_aws_fixture_holds_no_task_and_is_skipped() {
         report,
         StreamReport {
             refreshed: 0,
+            invalidated: 0,
             removed: 0,
             ignored: 2,
             unreadable: 0
@@ -86,6 +87,7 @@ async fn each_task_write_refreshes_the_cache_and_an_old_record_never_wins() {
         report,
         StreamReport {
             refreshed: 3,
+            invalidated: 0,
             removed: 0,
             ignored: 1,
             unreadable: 1
@@ -126,10 +128,35 @@ async fn a_ttl_removal_drops_the_cache_entry() {
         report,
         StreamReport {
             refreshed: 0,
+            invalidated: 0,
             removed: 1,
             ignored: 1,
             unreadable: 0
         }
     );
     assert!(cache.get("alice", task.id).await.unwrap().is_none());
+}
+
+/// A task whose payload is in its own item (over 256 bytes): the stream image lacks the payload,
+/// so the consumer drops the entry (the next read fills it from the table, payload included)
+/// and wakes waiters, instead of caching a task without its payload.
+#[tokio::test]
+async fn an_image_without_its_payload_drops_the_entry_and_wakes_waiters() {
+    let (cache, layer) = layer();
+    let task = a_task().await;
+    cache.put(&task).await.unwrap();
+    let mut watch = cache.subscribe("alice", task.id).await.unwrap();
+    let mut img = image(&task);
+    let obj = img.as_object_mut().unwrap();
+    obj.remove("payload");
+    obj.insert("payload_bytes".into(), json!({"N": "300"}));
+    let event: Event = serde_json::from_value(json!({"Records": [record("MODIFY", img)]})).unwrap();
+    let report = handle(&event, &layer).await;
+    assert_eq!(report.invalidated, 1, "{report:?}");
+    assert_eq!(report.refreshed, 0);
+    assert!(cache.get("alice", task.id).await.unwrap().is_none());
+    tokio::time::timeout(Duration::from_secs(1), watch.changed())
+        .await
+        .expect("a change message was published")
+        .unwrap();
 }
