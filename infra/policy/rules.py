@@ -544,6 +544,34 @@ def table_durable_and_scalable(t: Template) -> list[str]:
     return out
 
 
+@rule
+def finished_tasks_expire(t: Template) -> list[str]:
+    """Finished tasks expire: TTL on expires_at, a TaskRetentionDays parameter (1-3650 days), and
+    every function that writes the table told it (TASKQ_RETENTION_DAYS); a writer without it
+    would keep its default while the others follow the parameter."""
+    out = []
+    param = t.get("Parameters", {}).get("TaskRetentionDays")
+    if param is None:
+        out.append("a TaskRetentionDays parameter must set how long finished tasks are kept")
+    else:
+        default = param.get("Default")
+        if not (isinstance(default, int) and 1 <= default <= 3650):
+            out.append(f"TaskRetentionDays must default to 1-3650 days, not {default!r}")
+    for name, table in resources(t, "AWS::DynamoDB::Table").items():
+        ttl = props(table).get("TimeToLiveSpecification", {})
+        if not ttl.get("Enabled") or ttl.get("AttributeName") != "expires_at":
+            out.append(f"{name}: TTL must be on, on expires_at (finished tasks and idempotency records)")
+        arn = {"Fn::GetAtt": [name, "Arn"]}
+        for fname, fn in functions(t).items():
+            stmts = statements(t, fn)
+            if not any(allows(stmts, a, arn) for a in ("dynamodb:UpdateItem", "dynamodb:PutItem")):
+                continue
+            value = env(t, fn).get("TASKQ_RETENTION_DAYS")
+            if "TaskRetentionDays" not in refs(value):
+                out.append(f"{fname}: writes {name} but TASKQ_RETENTION_DAYS is not !Ref TaskRetentionDays")
+    return out
+
+
 # ------------------------------------------------------------------ rules: cache and network
 
 

@@ -276,6 +276,22 @@ class RulesCatchBrokenTemplates(unittest.TestCase):
         t = broken(lambda t: res(t, "TasksTable").pop("StreamSpecification"))
         self.assertCaught("table_durable_and_scalable", t, "a stream must be on")
 
+    def test_finished_tasks_expire__ttl_off(self):
+        t = broken(lambda t: res(t, "TasksTable")["TimeToLiveSpecification"].__setitem__("Enabled", False))
+        self.assertCaught("finished_tasks_expire", t, "TTL must be on")
+
+    def test_finished_tasks_expire__no_parameter(self):
+        t = broken(lambda t: t["Parameters"].pop("TaskRetentionDays"))
+        self.assertCaught("finished_tasks_expire", t, "TaskRetentionDays parameter")
+
+    def test_finished_tasks_expire__writer_without_the_variable(self):
+        def mutate(t):
+            t["Globals"]["Function"]["Environment"]["Variables"].pop("TASKQ_RETENTION_DAYS")
+            env_of(t, "ApiFunction")["TASKQ_RETENTION_DAYS"] = {"Ref": "TaskRetentionDays"}
+
+        t = broken(mutate)
+        self.assertCaught("finished_tasks_expire", t, "WorkerFunction: writes TasksTable")
+
     # cache and network
     def test_cache_private_and_optional__open_ingress(self):
         t = broken(
