@@ -91,17 +91,22 @@ impl Run {
         r.json().await.unwrap()
     }
 
-    /// Waits, without API calls, until the worker has written `writes` more UpdateItems.
+    /// Waits, without API calls, until the worker has written `writes` more UpdateItems and the
+    /// event source mapping has deleted the messages of those `writes / 2` tasks (on a loaded
+    /// machine the deletes can trail the last write by more than any fixed pause).
     async fn wait_for_updates(&self, before: &Counts, writes: u64) {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let done = calls(&delta(&self.counter.snapshot(), before), "DynamoDB.UpdateItem");
-            if done >= writes {
-                // Let the event source mapping delete the last messages.
-                tokio::time::sleep(Duration::from_millis(300)).await;
+            let d = delta(&self.counter.snapshot(), before);
+            let (done, deleted) = (calls(&d, "DynamoDB.UpdateItem"), calls(&d, "SQS.DeleteMessage"));
+            if done >= writes && deleted >= writes / 2 {
                 return;
             }
-            assert!(Instant::now() < deadline, "{done} of {writes} updates after 120 s");
+            assert!(
+                Instant::now() < deadline,
+                "{done} of {writes} updates, {deleted} of {} deletes after 120 s",
+                writes / 2
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
