@@ -16,6 +16,10 @@ use taskq_local::{start, Backend, EventSourceConfig, LocalOptions, LocalServer};
 
 const SECRET: &str = "accounting-secret";
 
+/// The two tests here count every call exactly; run side by side on two cores they slow each
+/// other's pollers and moto until redeliveries and retries add calls. One at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 type Counts = BTreeMap<String, OperationCount>;
 
 fn delta(after: &Counts, before: &Counts) -> Counts {
@@ -114,6 +118,7 @@ impl Run {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_accounting() {
+    let _serial = SERIAL.lock().await;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(
             std::env::var("RUST_LOG").unwrap_or("warn".into()),
@@ -262,6 +267,7 @@ impl taskq_worker::TaskHandler for Digest {
 /// goals; prints the table BENCHMARKS.md reports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_units_per_task_lifecycle() {
+    let _serial = SERIAL.lock().await;
     let Some(endpoint) = taskq_aws::testing::endpoint("write_units_per_task_lifecycle") else {
         return;
     };
