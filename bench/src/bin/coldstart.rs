@@ -10,7 +10,8 @@
 //!   (an API Gateway create, an SQS batch of a real queued task, a schedule, a stream record).
 //!
 //! Then, per function, one long-lived process serves `--invocations` events in a row and its
-//! peak RSS (`VmHWM` from /proc) and warm handler durations are read. Last, each function is
+//! peak RSS (`VmHWM` from /proc), warm handler durations and the CPU (user + system) of the
+//! invocations after the first are read. Last, each function is
 //! started with its AWS and Redis endpoints pointed at an unroutable address: reaching
 //! `/next` proves that init does no network I/O.
 //!
@@ -50,7 +51,7 @@ OPTIONS:
     --bin-dir DIR        release binaries (default $CARGO_TARGET_DIR/release or target/release)
     --events-dir DIR     event fixtures (default events)
     --rounds N           cold starts per function (default 30)
-    --invocations N      invocations of the long-lived process for peak RSS (default 200)
+    --invocations N      invocations of the long-lived process for peak RSS and CPU (default 200)
     --only NAMES         run only these functions (hello always runs: it is the baseline)
     --page-cache MODE    warm (default): every binary is dropped from the page cache once, before
                          the first round, so each is read back by the kernel's own exec path and
@@ -164,6 +165,62 @@ async fn init_error(State(api): State<RuntimeApi>, body: Bytes) -> StatusCode {
     StatusCode::ACCEPTED
 }
 
+// ------------------------------------------------------------------ a keep-alive front for moto
+
+/// moto's server (werkzeug) answers every request with `Connection: close`, so an SDK client
+/// talking to it opens a TCP connection per call: socket, connect, shutdown and close syscalls
+/// and a new hyper connection each time, about a tenth of a worker's CPU in a profile. DynamoDB
+/// and SQS keep connections open and the SDK reuses them. The functions therefore reach moto
+/// through this proxy, which keeps their connections open (hyper's server default) and makes
+/// the per-request connections to moto itself, in the harness's process, whose CPU is not
+/// counted. Request signatures are not checked by moto, so the changed Host does not matter.
+async fn keep_alive_front(upstream: String) -> Result<String, String> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let forward = move |request: axum::extract::Request| {
+        let client = client.clone();
+        let upstream = upstream.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = match axum::body::to_bytes(body, usize::MAX).await {
+                Ok(b) => b,
+                Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+            };
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let mut headers = parts.headers;
+            headers.remove(axum::http::header::HOST);
+            headers.remove(axum::http::header::CONNECTION);
+            let sent = client
+                .request(parts.method, format!("{upstream}{path}"))
+                .headers(headers)
+                .body(body)
+                .send()
+                .await;
+            let reply = match sent {
+                Ok(r) => r,
+                Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+            };
+            let status = reply.status();
+            let mut headers = reply.headers().clone();
+            headers.remove(axum::http::header::CONNECTION);
+            headers.remove(axum::http::header::TRANSFER_ENCODING);
+            match reply.bytes().await {
+                Ok(body) => (status, headers, body).into_response(),
+                Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+            }
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let app = Router::new().fallback(forward);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(format!("http://{addr}"))
+}
+
 // ------------------------------------------------------------------ the functions
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,10 +230,18 @@ enum Kind {
     Worker,
     Sweeper,
     Stream,
+    Webhook,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [Kind::Hello, Kind::Api, Kind::Worker, Kind::Sweeper, Kind::Stream];
+    const ALL: [Kind; 6] = [
+        Kind::Hello,
+        Kind::Api,
+        Kind::Worker,
+        Kind::Sweeper,
+        Kind::Stream,
+        Kind::Webhook,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -185,6 +250,7 @@ impl Kind {
             Kind::Worker => "taskq-worker",
             Kind::Sweeper => "taskq-sweeper",
             Kind::Stream => "taskq-stream",
+            Kind::Webhook => "taskq-webhook",
         }
     }
 
@@ -196,6 +262,7 @@ impl Kind {
             Kind::Worker => reply["batchItemFailures"].as_array().is_some_and(|f| f.is_empty()),
             Kind::Sweeper => reply["errors"] == 0,
             Kind::Stream => reply["refreshed"].as_u64().is_some_and(|n| n > 0) && reply["unreadable"] == 0,
+            Kind::Webhook => reply["batchItemFailures"].as_array().is_some_and(|f| f.is_empty()),
         };
         if ok {
             Ok(())
@@ -213,6 +280,8 @@ struct Fixtures {
     events_dir: PathBuf,
     aws_endpoint: String,
     redis_url: String,
+    /// The webhook signing secret, created in moto's Secrets Manager.
+    secret_arn: String,
 }
 
 impl Fixtures {
@@ -231,7 +300,9 @@ impl Fixtures {
                 Kind::Api => self.read("api-create.json")?,
                 Kind::Worker => self.worker_event(per_event).await?,
                 Kind::Sweeper => self.read("sweeper-schedule.json")?,
-                Kind::Stream => self.stream_event(per_event).await?,
+                // Stream records of tasks without a callback URL: the sender reads and skips
+                // them (a delivery would leave the machine: the Lambda build refuses loopback).
+                Kind::Stream | Kind::Webhook => self.stream_event(per_event).await?,
             });
         }
         Ok(out)
@@ -347,6 +418,9 @@ impl Fixtures {
         if matches!(kind, Kind::Api | Kind::Stream) {
             env.push(("TASKQ_REDIS_URL".into(), redis));
         }
+        if kind == Kind::Webhook {
+            env.push(("TASKQ_WEBHOOK_SECRET_ARN".into(), self.secret_arn.clone()));
+        }
         if kind == Kind::Api {
             // As the template sets it with the cache enabled (only `GET /v1/admin/cache` uses it).
             env.push(("TASKQ_CACHE_NAME".into(), "taskq-bench".into()));
@@ -370,11 +444,18 @@ struct Run {
     handler: Vec<Duration>,
     vm_hwm_kib: Option<u64>,
     vm_rss_kib: Option<u64>,
+    /// CPU (user + system, every thread) from the first response to the last: the warm
+    /// invocations' CPU, which Lambda bills as duration at 128 MB.
+    warm_cpu: Option<Duration>,
     /// Set when an invocation got no answer within STEP_TIMEOUT after init succeeded: the run
     /// stops there and is reported as a stall (seen with moto's development server, which now
     /// and then leaves a request unanswered), not silently dropped.
     stalled: Option<String>,
 }
+
+/// What `Harness::watch` saw: init, exec -> each response, handler durations, the CPU used up to
+/// the first response, and why the run stopped early, if it did.
+type Watched = (Duration, Vec<Duration>, Vec<Duration>, Option<Duration>, Option<String>);
 
 struct Harness {
     api: RuntimeApi,
@@ -411,6 +492,19 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// User + system CPU of process `pid` so far, all threads (dead ones included), from
+/// /proc/PID/stat (fields 14 and 15, in clock ticks).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
 
 fn tail(path: &FsPath) -> String {
@@ -452,14 +546,16 @@ impl Harness {
         let result = self.watch(kind, start, expected, &mut child, &log_path).await;
         let hwm = status_kib(pid, "VmHWM:");
         let rss = status_kib(pid, "VmRSS:");
+        let cpu_end = cpu_time(pid);
         let _ = child.kill();
         let _ = child.wait();
-        result.map(|(init, responses, handler, stalled)| Run {
+        result.map(|(init, responses, handler, cpu_first, stalled)| Run {
             init,
             responses,
             handler,
             vm_hwm_kib: hwm,
             vm_rss_kib: rss,
+            warm_cpu: cpu_first.zip(cpu_end).map(|(first, end)| end.saturating_sub(first)),
             stalled,
         })
     }
@@ -471,8 +567,9 @@ impl Harness {
         expected: usize,
         child: &mut std::process::Child,
         log: &FsPath,
-    ) -> Result<(Duration, Vec<Duration>, Vec<Duration>, Option<String>), String> {
+    ) -> Result<Watched, String> {
         let mut init = None;
+        let mut cpu_first = None;
         let mut responses = Vec::with_capacity(expected);
         let mut handler = Vec::with_capacity(expected);
         let mut quiet_since = Instant::now();
@@ -498,7 +595,7 @@ impl Harness {
                         // A stall in init is a failure (init must not wait on anything); a
                         // stall in an invocation is reported with what was measured before it.
                         return match init {
-                            Some(init) if expected > 0 => Ok((init, responses, handler, Some(message))),
+                            Some(init) if expected > 0 => Ok((init, responses, handler, cpu_first, Some(message))),
                             _ => Err(message),
                         };
                     }
@@ -533,11 +630,14 @@ impl Harness {
                         handler.push(at - served);
                     }
                     responses.push(at - start);
+                    if responses.len() == 1 {
+                        cpu_first = cpu_time(child.id());
+                    }
                 }
             }
         }
         let init = init.ok_or("no GET /next")?;
-        Ok((init, responses, handler, None))
+        Ok((init, responses, handler, cpu_first, None))
     }
 }
 
@@ -622,7 +722,17 @@ async fn fixtures(args: &Args) -> Result<Fixtures, String> {
         .map_err(|e| format!("creating the table and queues in moto at {}: {e}", args.aws_endpoint))?;
     let (store, queue) = config.adapters_from(&sdk);
     let queue = Arc::new(queue);
+    let secret_arn = aws_sdk_secretsmanager::Client::new(&sdk)
+        .create_secret()
+        .name(format!("taskq-bench-webhook-{}", std::process::id()))
+        .secret_string("s".repeat(64))
+        .send()
+        .await
+        .map_err(|e| format!("creating the webhook secret in moto: {e}"))?
+        .arn
+        .ok_or("moto returned no secret ARN")?;
     Ok(Fixtures {
+        secret_arn,
         service: TaskService::new(Arc::new(store), queue.clone()),
         queue,
         config,
@@ -647,7 +757,9 @@ async fn main_inner() -> Result<(), String> {
             ));
         }
     }
-    let fixtures = fixtures(&args).await?;
+    let mut fixtures = fixtures(&args).await?;
+    // The functions (not the harness's own set-up) reach moto through a keep-alive front.
+    fixtures.aws_endpoint = keep_alive_front(args.aws_endpoint.clone()).await?;
 
     let (tx, rx) = mpsc::unbounded_channel();
     let api = RuntimeApi {
@@ -741,8 +853,8 @@ async fn main_inner() -> Result<(), String> {
         "peak RSS: one process per function serving {} invocations in a row (worker: 10-record SQS batches; stream: 10-record batches)",
         args.invocations
     );
-    println!("| function | invocations answered | VmHWM (MiB) | VmRSS after (MiB) | warm handler p50 (ms) | warm handler p99 (ms) |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| function | invocations answered | VmHWM (MiB) | VmRSS after (MiB) | warm handler p50 (ms) | warm handler p99 (ms) | CPU per warm invocation (ms) | CPU per message (ms) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for k in &kinds {
         let per_event = if matches!(k, Kind::Worker | Kind::Stream) {
             10
@@ -755,14 +867,21 @@ async fn main_inner() -> Result<(), String> {
             eprintln!("  stall after {} invocations: {why}", run.responses.len());
         }
         let warm = &run.handler[1.min(run.handler.len())..];
+        let per_invocation = run
+            .warm_cpu
+            .filter(|_| run.responses.len() > 1)
+            .map(|cpu| ms(cpu) / (run.responses.len() - 1) as f64);
+        let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
         println!(
-            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2} |",
+            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {} |",
             k.name(),
             run.responses.len(),
             run.vm_hwm_kib.unwrap_or(0) as f64 / 1024.0,
             run.vm_rss_kib.unwrap_or(0) as f64 / 1024.0,
             ms(median(warm)),
             ms(percentile(warm, 0.99)),
+            show(per_invocation),
+            show(per_invocation.map(|v| v / per_event as f64)),
         );
     }
 
@@ -771,6 +890,11 @@ async fn main_inner() -> Result<(), String> {
     println!("| function | init p50 (ms), 5 runs |");
     println!("|---|---:|");
     for k in &kinds {
+        if *k == Kind::Webhook {
+            // By design: the sender reads its signing secret from Secrets Manager at init.
+            println!("| {} | reads its secret at init |", k.name());
+            continue;
+        }
         let mut runs = Vec::new();
         for _ in 0..5 {
             // No event: the runtime reaches /next and is parked there.

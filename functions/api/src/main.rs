@@ -3,20 +3,17 @@
 use std::sync::Arc;
 
 use taskq_api::{router, AppState, Authenticator};
-use taskq_aws::warm;
 use taskq_core::cache::{CacheLayer, FallbackLimiter, RateLimiter};
 use taskq_core::memory::MemoryRateLimiter;
 use taskq_core::rate::RolePolicy;
 use taskq_core::TaskService;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
-    warm::start(&[warm::Client::DynamoDb, warm::Client::Sqs]);
     taskq_aws::telemetry::init();
     let aws = taskq_aws::AwsConfig::from_env()?;
     let policy = RolePolicy::from_env()?;
     let authenticator = Authenticator::from_env();
-    // What needs no SDK client comes first: the workers are parsing the clients' tables meanwhile.
     let redis = match taskq_aws::RedisSettings::from_env()? {
         Some(settings) => Some((Arc::new(taskq_aws::RedisCache::new(settings.clone())?), settings)),
         None => None,

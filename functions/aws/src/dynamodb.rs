@@ -246,7 +246,7 @@ impl DynamoDbTaskStore {
 
 #[async_trait]
 impl TaskStore for DynamoDbTaskStore {
-    #[instrument(skip_all, fields(task_id = %task.id), err(Debug))]
+    #[instrument(level = "debug", skip_all, fields(task_id = %task.id), err(Debug))]
     async fn create(&self, task: &Task, claim: Option<&IdempotencyClaim>) -> Result<Created, StoreError> {
         let (task_item, payload_item) = item::to_items(task).map_err(|e| StoreError::Unavailable(e.into()))?;
         if let Some(mut payload_item) = payload_item {
@@ -362,7 +362,7 @@ impl TaskStore for DynamoDbTaskStore {
         }
     }
 
-    #[instrument(skip_all, fields(task_id = %id), err(Debug))]
+    #[instrument(level = "debug", skip_all, fields(task_id = %id), err(Debug))]
     async fn get(&self, user_id: &str, id: TaskId) -> Result<Option<Task>, StoreError> {
         match self.read(Self::key(user_id, item::task_sk(id))).await? {
             Some(i) => Ok(Some(self.task(i).await?)),
@@ -370,7 +370,7 @@ impl TaskStore for DynamoDbTaskStore {
         }
     }
 
-    #[instrument(skip_all, err(Debug))]
+    #[instrument(level = "debug", skip_all, err(Debug))]
     async fn list(&self, user_id: &str, query: &ListQuery) -> Result<TaskPage, StoreError> {
         let limit = query.limit.max(1) as usize;
         let mut start: Option<Item> = query.after.map(|after| Self::key(user_id, item::task_sk(after)));
@@ -429,7 +429,7 @@ impl TaskStore for DynamoDbTaskStore {
         Ok(TaskPage { tasks, next })
     }
 
-    #[instrument(skip_all, fields(priority = %query.priority, shard = query.shard), err(Debug))]
+    #[instrument(level = "debug", skip_all, fields(priority = %query.priority, shard = query.shard), err(Debug))]
     async fn active(&self, query: &ActiveQuery) -> Result<ActivePage, StoreError> {
         let limit = query.limit.max(1) as usize;
         let pk = item::active_pk(query.priority, query.shard);
@@ -470,7 +470,7 @@ impl TaskStore for DynamoDbTaskStore {
         Ok(ActivePage { tasks, next })
     }
 
-    #[instrument(skip_all, fields(task_id = %id, kind = ?event.kind), err(Debug))]
+    #[instrument(level = "debug", skip_all, fields(task_id = %id, kind = ?event.kind), err(Debug))]
     async fn record(&self, user_id: &str, id: TaskId, expect_seq: u32, event: &TaskEvent) -> Result<Task, StoreError> {
         let value = item::event_value(event).map_err(|e| StoreError::Unavailable(e.into()))?;
         // The history's length is its last seq: the condition makes racing appends take turns.
@@ -491,7 +491,7 @@ impl TaskStore for DynamoDbTaskStore {
         self.outcome(updated(result)?).await
     }
 
-    #[instrument(skip_all, fields(task_id = %id, to = %change.status), err(Debug))]
+    #[instrument(level = "debug", skip_all, fields(task_id = %id, to = %change.status), err(Debug))]
     async fn apply(&self, user_id: &str, id: TaskId, change: &StateChange) -> Result<Task, StoreError> {
         let u = Update::from_change(id, change, self.retention).map_err(|e| StoreError::Unavailable(e.into()))?;
         let result = self

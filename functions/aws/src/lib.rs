@@ -15,7 +15,6 @@ pub mod secrets;
 mod sqs;
 pub mod telemetry;
 pub mod testing;
-pub mod warm;
 
 pub use config::{AwsConfig, QueueUrls};
 pub use dynamodb::DynamoDbTaskStore;

@@ -214,7 +214,7 @@ fn check_message(m: &TaskMessage) -> Result<(), QueueError> {
 
 #[async_trait]
 impl TaskQueue for SqsTaskQueue {
-    #[instrument(skip_all, fields(task_id = %message.task_id), err(Debug))]
+    #[instrument(level = "debug", skip_all, fields(task_id = %message.task_id), err(Debug))]
     async fn send(&self, message: &TaskMessage, delay: Duration) -> Result<(), QueueError> {
         check_message(message)?;
         self.client
@@ -230,7 +230,7 @@ impl TaskQueue for SqsTaskQueue {
         Ok(())
     }
 
-    #[instrument(skip_all, fields(count = messages.len()))]
+    #[instrument(level = "debug", skip_all, fields(count = messages.len()))]
     async fn send_batch(&self, messages: &[(TaskMessage, Duration)]) -> Vec<Result<(), QueueError>> {
         let mut results: Vec<Result<(), QueueError>> = (0..messages.len()).map(|_| Ok(())).collect();
         // One request's messages: one trace header for all of them.
@@ -293,7 +293,7 @@ impl TaskQueue for SqsTaskQueue {
         results
     }
 
-    #[instrument(skip_all, err(Debug))]
+    #[instrument(level = "debug", skip_all, err(Debug))]
     async fn change_visibility(&self, p: Priority, receipt: &str, timeout: Duration) -> Result<(), QueueError> {
         self.client
             .change_message_visibility()
@@ -353,7 +353,7 @@ impl TaskQueue for SqsTaskQueue {
         Ok(())
     }
 
-    #[instrument(skip_all, fields(priority = %p, count = received.len()), err(Debug))]
+    #[instrument(level = "debug", skip_all, fields(priority = %p, count = received.len()), err(Debug))]
     async fn redrive(&self, p: Priority, received: &[Delivery]) -> Result<RedrivePath, QueueError> {
         let dlq = self.dead_letter_url(p)?;
         let queue = self.urls.url(p);

@@ -1,5 +1,8 @@
 //! Logging for every binary: JSON lines in Lambda (CloudWatch parses them), readable text
-//! elsewhere. `RUST_LOG` sets the filter (default `info`). Also installs the EMF metrics sink
+//! elsewhere. `RUST_LOG` sets the filter (default `info`): a level, `target=level` pairs, or
+//! both (`warn,taskq_worker=debug`). It is a static per-target filter (tracing-subscriber's
+//! `Targets`), not `EnvFilter`: no span-field directives, and in exchange no regex engine in
+//! every binary and no filter work on each span enter and exit. Also installs the EMF metrics sink
 //! (see [`crate::emf`]) and records the process's cold start.
 //!
 //! In Lambda each line is one flat JSON object: the event's fields plus the fields of every
@@ -12,27 +15,50 @@ use std::fmt;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt;
 
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").ok();
     let in_lambda = function.is_some();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let registry = tracing_subscriber::registry().with(filter);
     // try_init: tests and the local server may call this more than once.
     let _ = if in_lambda {
-        builder.fmt_fields(JsonFields::new()).event_format(FlatJson).try_init()
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .fmt_fields(JsonFields::new())
+                    .event_format(FlatJson),
+            )
+            .try_init()
     } else {
-        builder.with_writer(std::io::stderr).try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init()
     };
     let emf = std::env::var("TASKQ_EMF").ok();
     if crate::emf::wanted(emf.as_deref(), in_lambda)
         && taskq_core::metrics::install(Box::new(crate::emf::EmfSink::stdout()))
     {
         taskq_core::metrics::cold_start(function.as_deref().unwrap_or("local"));
+    }
+}
+
+/// The filter `RUST_LOG` asks for; `info` when it is unset or does not parse (a typo in a
+/// function's configuration must not silence its logs).
+pub fn log_filter(spec: Option<&str>) -> Targets {
+    let default = || Targets::new().with_default(tracing::Level::INFO);
+    match spec.map(str::trim) {
+        None | Some("") => default(),
+        Some(spec) => spec.parse().unwrap_or_else(|e| {
+            eprintln!("RUST_LOG={spec:?} is not a log filter ({e}); logging at info");
+            default()
+        }),
     }
 }
 
@@ -101,6 +127,21 @@ mod tests {
     use tracing_subscriber::fmt::MakeWriter;
 
     use super::*;
+
+    #[test]
+    fn rust_log_sets_levels_per_target_and_a_bad_value_falls_back_to_info() {
+        use tracing::Level;
+        let enabled = |f: &Targets, target: &str, level: Level| f.would_enable(target, &level);
+        let f = log_filter(Some("warn,taskq_worker=debug"));
+        assert!(enabled(&f, "taskq_worker::batch", Level::DEBUG));
+        assert!(!enabled(&f, "taskq_aws::dynamodb", Level::INFO));
+        assert!(enabled(&f, "taskq_aws::dynamodb", Level::WARN));
+        for unset_or_bad in [None, Some(""), Some("  "), Some("taskq=verbose")] {
+            let f = log_filter(unset_or_bad);
+            assert!(enabled(&f, "taskq_api", Level::INFO), "{unset_or_bad:?}");
+            assert!(!enabled(&f, "taskq_api", Level::DEBUG), "{unset_or_bad:?}");
+        }
+    }
 
     #[derive(Clone, Default)]
     struct Buf(Arc<Mutex<Vec<u8>>>);

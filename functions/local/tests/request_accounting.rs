@@ -120,9 +120,7 @@ impl Run {
 async fn request_accounting() {
     let _serial = SERIAL.lock().await;
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            std::env::var("RUST_LOG").unwrap_or("warn".into()),
-        ))
+        .with_max_level(tracing::Level::WARN)
         .try_init();
     let Some(endpoint) = taskq_aws::testing::endpoint("request_accounting") else {
         return;

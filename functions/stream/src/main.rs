@@ -7,7 +7,7 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use taskq_core::cache::CacheLayer;
 use taskq_stream::{handle, StreamReport};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     taskq_aws::telemetry::init();
     let settings =

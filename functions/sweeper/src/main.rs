@@ -3,12 +3,10 @@
 use std::sync::Arc;
 
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use taskq_aws::warm;
 use taskq_sweeper::{SweepReport, Sweeper, SweeperConfig};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    warm::start(&[warm::Client::DynamoDb, warm::Client::Sqs]);
     taskq_aws::telemetry::init();
     let config = SweeperConfig::from_env()?;
     let aws = taskq_aws::AwsConfig::from_env()?;

@@ -10,9 +10,8 @@ use taskq_webhook::{handle, BatchResponse, Deliverer, Network, RetryPolicy, Webh
 /// A shorter secret is a configuration mistake (the template generates 64 characters).
 const MIN_SECRET_LEN: usize = 32;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    taskq_aws::warm::start(&[taskq_aws::warm::Client::DynamoDb]);
     taskq_aws::telemetry::init();
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let table = var("TASKQ_TABLE_NAME").ok_or("TASKQ_TABLE_NAME must be set")?;

@@ -5,12 +5,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use taskq_aws::warm;
 use taskq_worker::{Registry, Worker, WorkerConfig};
 
-#[tokio::main]
+// One thread, as in every taskq function: at 128 MB Lambda gives a function about a fourteenth
+// of a vCPU, so a second runtime thread adds no throughput, only cross-thread wake-ups and
+// parking (futex and epoll calls) to every SDK call (BENCHMARKS.md, "CPU per message").
+// Handlers that compute must use `spawn_blocking`, which runs beside this thread.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    warm::start(&[warm::Client::DynamoDb, warm::Client::Sqs]);
     taskq_aws::telemetry::init();
     let config = WorkerConfig::from_env()?;
     let aws = taskq_aws::AwsConfig::from_env()?;
