@@ -854,21 +854,26 @@ def api_only_through_cloudfront(t: Template) -> list[str]:
 
 @rule
 def alarms_cover_the_failure_modes(t: Template) -> list[str]:
-    """Age per queue, DLQ depth > 0, errors and throttles per function, API 5xx, DynamoDB throttles; all notify the topic."""
+    """Age per queue, DLQ depth (visible + in flight) > 0, errors and throttles per function, stream iterator age, cache throttles, provisioned-concurrency spillover, API 5xx, DynamoDB throttles; all notify the topic."""
     out = []
     for q in source_queues(t):
         if not alarm_on(t, "ApproximateAgeOfOldestMessage", q, "QueueName"):
             out.append(f"{q}: no oldest-message-age alarm")
     for q in dead_letter_queues(t):
-        ok = any(
-            props(a).get("MetricName") == "ApproximateNumberOfMessagesVisible"
-            and any(q in refs(d.get("Value")) for d in props(a).get("Dimensions", []))
-            and props(a).get("Threshold") == 0
-            and props(a).get("ComparisonOperator") == "GreaterThanThreshold"
-            for a in alarms(t).values()
-        )
-        if not ok:
-            out.append(f"{q}: no alarm on dead-letter depth > 0")
+        if not depth_alarm_on(t, q):
+            out.append(f"{q}: no alarm on dead-letter depth (visible + in flight) > 0")
+    for m in stream_mappings(t).values():
+        for fn in refs(props(m).get("FunctionName")):
+            if not alarm_on(t, "IteratorAge", fn, "FunctionName"):
+                out.append(f"{fn}: reads a stream and has no IteratorAge alarm")
+    for cache in resources(t, "AWS::ElastiCache::ServerlessCache"):
+        if not alarm_on(t, "ThrottledCmds", cache, "clusterId"):
+            out.append(f"{cache}: no ThrottledCmds alarm")
+    for name, fn in functions(t).items():
+        if props(fn).get("ProvisionedConcurrencyConfig") and not alarm_on(
+            t, "ProvisionedConcurrencySpilloverInvocations", name, "FunctionName"
+        ):
+            out.append(f"{name}: provisioned concurrency without a spillover alarm")
     for fn in functions(t):
         for metric in ("Errors", "Throttles"):
             if not alarm_on(t, metric, fn, "FunctionName"):
@@ -1089,6 +1094,245 @@ def parameters_documented(t: Template) -> list[str]:
             out.append(f"parameter {name}: no Description")
         if "Default" not in p:
             out.append(f"parameter {name}: no Default")
+    return out
+
+
+# ------------------------------------------------------------------ rules: deploying twice in one account
+
+
+# Properties that name a resource in the account and region (two stacks giving the same name
+# collide), with the longest name AWS accepts. Names scoped to a parent (IAM inline policies,
+# WAF rules, Cognito groups) are not here.
+NAMES: dict[str, tuple[tuple[str, ...], int]] = {
+    "AWS::SQS::Queue": (("QueueName",), 80),
+    "AWS::DynamoDB::Table": (("TableName",), 255),
+    "AWS::Logs::LogGroup": (("LogGroupName",), 512),
+    "AWS::CloudWatch::Dashboard": (("DashboardName",), 255),
+    "AWS::CloudWatch::Alarm": (("AlarmName",), 255),
+    "AWS::ApplicationAutoScaling::ScalingPolicy": (("PolicyName",), 256),
+    "AWS::ElastiCache::ServerlessCache": (("ServerlessCacheName",), 40),
+    "AWS::Cognito::UserPool": (("UserPoolName",), 128),
+    "AWS::CloudFront::OriginAccessControl": (("OriginAccessControlConfig", "Name"), 64),
+    "AWS::CloudFront::ResponseHeadersPolicy": (("ResponseHeadersPolicyConfig", "Name"), 128),
+    "AWS::CloudFront::CachePolicy": (("CachePolicyConfig", "Name"), 128),
+    "AWS::WAFv2::WebACL": (("Name",), 128),
+    "AWS::Scheduler::Schedule": (("Name",), 64),
+    "AWS::Events::Rule": (("Name",), 64),
+    "AWS::Lambda::Function": (("FunctionName",), 64),
+    "AWS::Serverless::Function": (("FunctionName",), 64),
+    "AWS::IAM::Role": (("RoleName",), 64),
+    "AWS::SecretsManager::Secret": (("Name",), 512),
+    "AWS::SNS::Topic": (("TopicName",), 256),
+    "AWS::S3::Bucket": (("BucketName",), 63),
+}
+STACK = "${AWS::StackName}"
+
+
+def named(t: Template) -> list[tuple[str, Any, int]]:
+    """(where, name value, limit) for every account-wide name the template sets, SAM ScheduleV2
+    events included (SAM names their schedules after the event's logical id when not told)."""
+    out = []
+    for rid, r in t.get("Resources", {}).items():
+        spec = NAMES.get(r.get("Type"))
+        if spec:
+            path, limit = spec
+            value: Any = props(r)
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
+            if value is not None:
+                out.append((rid, value, limit))
+        if r.get("Type") == "AWS::Serverless::Function":
+            for ev, e in (props(r).get("Events") or {}).items():
+                if e.get("Type") == "ScheduleV2":
+                    out.append((f"{rid}/{ev}", (e.get("Properties") or {}).get("Name", f"{rid}{ev}"), 64))
+    return out
+
+
+def stack_name_room(value: Any, limit: int) -> int | None:
+    """The longest stack name this name fits with; None when it does not include the stack name."""
+    text = sub_text(value)
+    if STACK not in text or not isinstance(value, dict):
+        return None
+    fixed = re.sub(r"\$\{[^}]+\}", "", text)
+    if re.sub(r"\$\{AWS::StackName\}", "", text) != fixed:
+        return None  # other substitutions of unknown length: not checked here
+    return limit - len(fixed)
+
+
+@rule
+def named_resources_unique_per_stack(t: Template) -> list[str]:
+    """Every account-wide name includes the stack name (a second stack in the account and region deploys beside the first)."""
+    return [
+        f"{where}: the name {sub_text(value)!r} does not include ${{AWS::StackName}} (a second stack would collide)"
+        for where, value, _ in named(t)
+        if STACK not in sub_text(value) or not isinstance(value, dict)
+    ]
+
+
+def max_stack_name(t: Template) -> int | None:
+    return (t.get("Metadata", {}).get("taskq") or {}).get("MaxStackNameLength")
+
+
+@rule
+def stack_name_length_stated(t: Template) -> list[str]:
+    """Metadata.taskq.MaxStackNameLength is the longest stack name every named resource accepts, and the configured stacks fit it."""
+    rooms = [(stack_name_room(v, limit), where) for where, v, limit in named(t)]
+    rooms = [(r, w) for r, w in rooms if r is not None]
+    if not rooms:
+        return []
+    room, where = min(rooms)
+    stated = max_stack_name(t)
+    out = []
+    if stated != room:
+        out.append(f"Metadata.taskq.MaxStackNameLength is {stated}, but {where}'s name allows a stack name of {room} characters at most")
+    import tomllib
+
+    config = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    for env, sections in config.items():
+        if not isinstance(sections, dict):
+            continue
+        for section in sections.values():
+            name = (section.get("parameters") or {}).get("stack_name") if isinstance(section, dict) else None
+            if name and len(name) > room:
+                out.append(f"samconfig.toml [{env}]: stack_name {name!r} is longer than {room} characters")
+    return out
+
+
+def cidr_prefix_allowed(pattern: str, prefix: int) -> bool:
+    return re.fullmatch(pattern, f"10.0.0.0/{prefix}") is not None
+
+
+def _cidrs(value: Any) -> list[list]:
+    found = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k == "Fn::Cidr":
+                found.append(v)
+            found.extend(_cidrs(v))
+    elif isinstance(value, list):
+        for v in value:
+            found.extend(_cidrs(v))
+    return found
+
+
+@rule
+def vpc_cidr_fits_its_subnets(t: Template) -> list[str]:
+    """A CIDR parameter cut with Fn::Cidr allows only prefixes that hold every subnet cut from it."""
+    out = []
+    params = t.get("Parameters", {})
+    for cidr in _cidrs(t.get("Resources", {})):
+        block, count, bits = cidr
+        name = block.get("Ref") if isinstance(block, dict) else None
+        if name not in params:
+            continue
+        pattern = params[name].get("AllowedPattern")
+        if not pattern:
+            out.append(f"parameter {name}: no AllowedPattern (it is cut into {count} /{32 - int(bits)} subnets)")
+            continue
+        largest = 32 - int(bits) - (int(count) - 1).bit_length()
+        too_small = [p for p in range(8, 29) if p > largest and cidr_prefix_allowed(pattern, p)]
+        if too_small:
+            out.append(
+                f"parameter {name} allows /{too_small[0]}, but {count} subnets of /{32 - int(bits)} need /{largest} or larger"
+            )
+    return out
+
+
+@rule
+def availability_zones_chosen(t: Template) -> list[str]:
+    """Subnets take their AZ from the AvailabilityZones parameter when it is set (some AZs refuse Lambda networking or endpoints), else from GetAZs."""
+    out = []
+    if "AvailabilityZones" not in t.get("Parameters", {}):
+        out.append("no AvailabilityZones parameter")
+    for name, sn in resources(t, "AWS::EC2::Subnet").items():
+        az = props(sn).get("AvailabilityZone")
+        chosen = isinstance(az, dict) and "Fn::If" in az and "AvailabilityZones" in refs(az["Fn::If"][1])
+        if not chosen:
+            out.append(f"{name}: AvailabilityZone does not come from the AvailabilityZones parameter when it is set")
+    return out
+
+
+def _rule_refs(t: Template) -> list[tuple[set[str], set[str]]]:
+    return [(refs(r.get("RuleCondition")), refs(r.get("Assertions"))) for r in (t.get("Rules") or {}).values()]
+
+
+@rule
+def contradictions_fail_early(t: Template) -> list[str]:
+    """Template Rules refuse parameter values that contradict each other before any resource is made."""
+    out = []
+    rules_ = _rule_refs(t)
+    if not any("JwtIssuer" in cond and "JwtAudience" in asserts for cond, asserts in rules_):
+        out.append("no Rule requires JwtAudience when JwtIssuer is set")
+    if not any("AvailabilityZones" in cond | asserts for cond, asserts in rules_):
+        out.append("no Rule checks the AvailabilityZones list")
+    return out
+
+
+def alarm_metrics(a: dict) -> list[tuple[str, list]]:
+    """(metric name, dimensions) of an alarm, single metric or metric math."""
+    p = props(a)
+    if p.get("MetricName"):
+        return [(p["MetricName"], p.get("Dimensions", []))]
+    out = []
+    for m in p.get("Metrics", []) or []:
+        metric = ((m.get("MetricStat") or {}).get("Metric")) or {}
+        if metric.get("MetricName"):
+            out.append((metric["MetricName"], metric.get("Dimensions", [])))
+    return out
+
+
+def depth_alarm_on(t: Template, queue: str) -> bool:
+    """An alarm on visible + in-flight messages of a queue, above 0."""
+    for a in alarms(t).values():
+        p = props(a)
+        seen = {m for m, dims in alarm_metrics(a) if any(queue in refs(d.get("Value")) for d in dims)}
+        summed = any("+" in str(m.get("Expression", "")) and m.get("ReturnData") for m in p.get("Metrics", []) or [])
+        if (
+            {"ApproximateNumberOfMessagesVisible", "ApproximateNumberOfMessagesNotVisible"} <= seen
+            and summed
+            and p.get("Threshold") == 0
+            and p.get("ComparisonOperator") == "GreaterThanThreshold"
+        ):
+            return True
+    return False
+
+
+def stream_mappings(t: Template) -> dict[str, dict]:
+    return {
+        k: v
+        for k, v in resources(t, "AWS::Lambda::EventSourceMapping").items()
+        if "StreamArn" in json.dumps(props(v).get("EventSourceArn"))
+    }
+
+
+@rule
+def stream_failures_recorded(t: Template) -> list[str]:
+    """Stream event sources send batches they give up on to a queue the function may write, and an alarm watches it."""
+    out = []
+    for name, m in stream_mappings(t).items():
+        dest = ((props(m).get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
+        queues = [q for q in refs(dest) if q in resources(t, "AWS::SQS::Queue")]
+        if not queues:
+            out.append(f"{name}: no on-failure destination queue (a batch given up on leaves no trace)")
+            continue
+        fn = next(iter(refs(props(m).get("FunctionName"))), None)
+        fn_res = t["Resources"].get(fn or "", {})
+        if not allows(statements(t, fn_res), "sqs:SendMessage", {"Fn::GetAtt": [queues[0], "Arn"]}):
+            out.append(f"{name}: {fn}'s role may not sqs:SendMessage to {queues[0]}")
+        if not depth_alarm_on(t, queues[0]):
+            out.append(f"{queues[0]}: no alarm on its depth (visible + in flight) > 0")
+    return out
+
+
+@rule
+def scheduled_functions_never_overlap(t: Template) -> list[str]:
+    """A function run on a schedule has reserved concurrency 1: a run that outlasts its interval does not race the next."""
+    out = []
+    for name, fn in functions(t).items():
+        events = props(fn).get("Events") or {}
+        if any(e.get("Type") in ("Schedule", "ScheduleV2") for e in events.values()):
+            if props(fn).get("ReservedConcurrentExecutions") != 1:
+                out.append(f"{name}: runs on a schedule without ReservedConcurrentExecutions: 1")
     return out
 
 

@@ -156,6 +156,18 @@ class SamTransform(unittest.TestCase):
         self.assertEqual(len(attached), len(rules.functions(TEMPLATE)))
         self.assertEqual({k: v for k, v in attached.items() if v}, {})
 
+    def test_generated_names_are_unique_per_stack(self):
+        cfn = sam_transform(TEMPLATE)
+        schedules = rules.resources(cfn, "AWS::Scheduler::Schedule")
+        self.assertEqual(len(schedules), 1, "the sweeper's schedule")
+        self.assertEqual(rules.named_resources_unique_per_stack(cfn), [])
+
+    def test_generated_names_without_the_stack_name_are_caught(self):
+        # SAM's default: the schedule is named after the function and the event.
+        t = broken(lambda t: res(t, "SweeperFunction")["Events"]["EveryMinute"]["Properties"].pop("Name"))
+        problems = rules.named_resources_unique_per_stack(sam_transform(t))
+        self.assertTrue(any("SweeperFunctionEveryMinute" in p for p in problems), problems)
+
     def test_a_sam_event_and_generated_role_would_attach_them(self):
         def mutate(t):
             worker = res(t, "WorkerFunction")
@@ -446,6 +458,75 @@ class RulesCatchBrokenTemplates(unittest.TestCase):
     def test_api_only_through_cloudfront__api_url_invites_direct_calls(self):
         t = broken(lambda t: t["Outputs"]["ApiUrl"].__setitem__("Description", "Base URL of the HTTP API (direct)"))
         self.assertCaught("api_only_through_cloudfront", t, "output ApiUrl")
+
+    # deploying twice in one account
+    def test_named_resources_unique_per_stack__fixed_schedule_name(self):
+        t = broken(lambda t: res(t, "SweeperFunction")["Events"]["EveryMinute"]["Properties"].pop("Name"))
+        self.assertCaught("named_resources_unique_per_stack", t, "SweeperFunction/EveryMinute")
+
+    def test_named_resources_unique_per_stack__literal_queue_name(self):
+        t = broken(lambda t: res(t, "HighQueue").__setitem__("QueueName", "taskq-high"))
+        self.assertCaught("named_resources_unique_per_stack", t, "HighQueue: the name 'taskq-high'")
+
+    def test_stack_name_length_stated__longer_suffix(self):
+        t = broken(lambda t: res(t, "StatusCache").__setitem__("ServerlessCacheName", {"Fn::Sub": "${AWS::StackName}-status-cache"}))
+        self.assertCaught("stack_name_length_stated", t, "StatusCache's name allows a stack name of 27 characters")
+
+    def test_stack_name_length_stated__not_stated(self):
+        t = broken(lambda t: t["Metadata"].pop("taskq"))
+        self.assertCaught("stack_name_length_stated", t, "MaxStackNameLength is None")
+
+    def test_vpc_cidr_fits_its_subnets__small_vpc_allowed(self):
+        t = broken(lambda t: t["Parameters"]["VpcCidr"].__setitem__("AllowedPattern", r"^(\d{1,3}\.){3}\d{1,3}/(1[6-9]|2[0-4])$"))
+        self.assertCaught("vpc_cidr_fits_its_subnets", t, "allows /19, but 4 subnets of /20 need /18")
+
+    def test_availability_zones_chosen__index_only(self):
+        t = broken(lambda t: res(t, "PrivateSubnetB").__setitem__("AvailabilityZone", {"Fn::Select": [1, {"Fn::GetAZs": ""}]}))
+        self.assertCaught("availability_zones_chosen", t, "PrivateSubnetB: AvailabilityZone")
+
+    def test_contradictions_fail_early__issuer_without_audience(self):
+        t = broken(lambda t: t["Rules"].pop("AudienceWithIssuer"))
+        self.assertCaught("contradictions_fail_early", t, "no Rule requires JwtAudience")
+
+    def test_contradictions_fail_early__az_list_unchecked(self):
+        t = broken(lambda t: t["Rules"].pop("TwoAvailabilityZones"))
+        self.assertCaught("contradictions_fail_early", t, "AvailabilityZones")
+
+    def test_stream_failures_recorded__no_destination(self):
+        t = broken(lambda t: res(t, "WebhookFunctionFinishedTasks").pop("DestinationConfig"))
+        self.assertCaught("stream_failures_recorded", t, "WebhookFunctionFinishedTasks: no on-failure destination")
+
+    def test_stream_failures_recorded__role_cannot_send(self):
+        t = broken(lambda t: drop_stmt(t, "StreamFunctionRole", "RecordFailedBatches"))
+        self.assertCaught("stream_failures_recorded", t, "StreamFunction's role may not sqs:SendMessage")
+
+    def test_stream_failures_recorded__unwatched(self):
+        t = broken(lambda t: t["Resources"].pop("StreamFailuresAlarm"))
+        self.assertCaught("stream_failures_recorded", t, "StreamFailureQueue: no alarm")
+
+    def test_scheduled_functions_never_overlap__no_reservation(self):
+        t = broken(lambda t: res(t, "SweeperFunction").pop("ReservedConcurrentExecutions"))
+        self.assertCaught("scheduled_functions_never_overlap", t, "SweeperFunction: runs on a schedule")
+
+    def test_alarms_cover_the_failure_modes__dlq_counts_only_visible(self):
+        def mutate(t):
+            metrics = res(t, "HighDeadLettersAlarm")["Metrics"]
+            metrics[:] = [m for m in metrics if m["Id"] != "inflight"]
+            metrics[-1]["Expression"] = "visible"
+
+        self.assertCaught("alarms_cover_the_failure_modes", broken(mutate), "HighDeadLetterQueue: no alarm on dead-letter depth")
+
+    def test_alarms_cover_the_failure_modes__no_iterator_age(self):
+        t = broken(lambda t: t["Resources"].pop("WebhookIteratorAgeAlarm"))
+        self.assertCaught("alarms_cover_the_failure_modes", t, "WebhookFunction: reads a stream and has no IteratorAge alarm")
+
+    def test_alarms_cover_the_failure_modes__no_cache_throttles(self):
+        t = broken(lambda t: t["Resources"].pop("CacheThrottlesAlarm"))
+        self.assertCaught("alarms_cover_the_failure_modes", t, "StatusCache: no ThrottledCmds alarm")
+
+    def test_alarms_cover_the_failure_modes__no_spillover(self):
+        t = broken(lambda t: t["Resources"].pop("ApiSpilloverAlarm"))
+        self.assertCaught("alarms_cover_the_failure_modes", t, "ApiFunction: provisioned concurrency without a spillover alarm")
 
     # observability
     def test_alarms_cover_the_failure_modes__no_dlq_alarm(self):

@@ -15,7 +15,11 @@ async fn main() -> Result<(), lambda_http::Error> {
     let policy = RolePolicy::from_env()?;
     let authenticator = Authenticator::from_env();
     let redis = match taskq_aws::RedisSettings::from_env()? {
-        Some(settings) => Some((Arc::new(taskq_aws::RedisCache::new(settings.clone())?), settings)),
+        Some(settings) => {
+            let redis = taskq_aws::RedisCache::new(settings.clone())?;
+            redis.connect_in_background();
+            Some((Arc::new(redis), settings))
+        }
         None => None,
     };
     let sdk = taskq_aws::AwsConfig::sdk_config().await;

@@ -6,6 +6,7 @@
 //! `TASKQ_REDIS_CLUSTER=true`. Every command here touches one key, so no cross-slot issue arises.
 //! Pub/sub uses a plain connection to the endpoint: in cluster mode a PUBLISH reaches every node.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -136,10 +137,34 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 "#;
 
+/// One connection, standalone or cluster. The client's own connect and response timeouts are
+/// a backstop against a dead endpoint; callers' guards are tighter.
+async fn connect(client: &redis::Client, settings: &RedisSettings) -> Result<Conn, CacheError> {
+    let limit = Duration::from_secs(2);
+    if settings.cluster {
+        let client = redis::cluster::ClusterClientBuilder::new(vec![settings.url.as_str()])
+            .connection_timeout(limit)
+            .response_timeout(limit)
+            .build()
+            .map_err(unavailable)?;
+        Ok(Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?))
+    } else {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(limit))
+            .set_response_timeout(Some(limit))
+            .set_number_of_retries(1);
+        let manager = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(unavailable)?;
+        Ok(Conn::Single(manager))
+    }
+}
+
 pub struct RedisCache {
     settings: RedisSettings,
     client: redis::Client,
-    conn: OnceCell<Conn>,
+    conn: Arc<OnceCell<Conn>>,
     gcra: Script,
     put_if_newer: Script,
 }
@@ -156,7 +181,7 @@ impl RedisCache {
         Ok(Self {
             settings,
             client,
-            conn: OnceCell::new(),
+            conn: Arc::new(OnceCell::new()),
             gcra: Script::new(GCRA),
             put_if_newer: Script::new(PUT_IF_NEWER),
         })
@@ -166,33 +191,29 @@ impl RedisCache {
         &self.settings
     }
 
+    /// Starts connecting in a task of its own and returns at once (no I/O before it does):
+    /// the API's main calls it so the first request finds the connection made or under way.
+    pub fn connect_in_background(&self) {
+        drop(self.spawn_connect());
+    }
+
+    /// A connection's first set-up (TCP, TLS, cluster discovery with ElastiCache) takes longer
+    /// than one cache call may (10 ms by default): made inside a caller's future, each caller's
+    /// timeout would cancel it and the cache would never connect. It runs in a spawned task,
+    /// which a caller's timeout does not cancel; callers wait for it within their own budget,
+    /// and a later call finds it made. Concurrent callers share one attempt (the `OnceCell`).
+    fn spawn_connect(&self) -> tokio::task::JoinHandle<Result<Conn, CacheError>> {
+        let (cell, client, settings) = (self.conn.clone(), self.client.clone(), self.settings.clone());
+        tokio::spawn(async move { cell.get_or_try_init(|| connect(&client, &settings)).await.cloned() })
+    }
+
     async fn conn(&self) -> Result<Conn, CacheError> {
-        // Connect and response timeouts of the client are a backstop; callers' guards are tighter.
-        let limit = Duration::from_secs(2);
-        self.conn
-            .get_or_try_init(|| async {
-                if self.settings.cluster {
-                    let client = redis::cluster::ClusterClientBuilder::new(vec![self.settings.url.as_str()])
-                        .connection_timeout(limit)
-                        .response_timeout(limit)
-                        .build()
-                        .map_err(unavailable)?;
-                    Ok(Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?))
-                } else {
-                    let config = ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(limit))
-                        .set_response_timeout(Some(limit))
-                        .set_number_of_retries(1);
-                    let manager = self
-                        .client
-                        .get_connection_manager_with_config(config)
-                        .await
-                        .map_err(unavailable)?;
-                    Ok(Conn::Single(manager))
-                }
-            })
+        if let Some(conn) = self.conn.get() {
+            return Ok(conn.clone());
+        }
+        self.spawn_connect()
             .await
-            .cloned()
+            .map_err(|e| CacheError::Unavailable(Box::new(e)))?
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, CacheError> {

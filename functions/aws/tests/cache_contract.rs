@@ -194,3 +194,62 @@ async fn limiter_budgets_are_per_key(b: Backends) {
     assert!(!b.limiter.acquire(&k1, quota).await.unwrap().allowed);
     assert!(b.limiter.acquire(&k2, quota).await.unwrap().allowed);
 }
+
+/// A first connection slower than a cache call's budget (TCP + TLS + cluster discovery with
+/// ElastiCache) still ends with a working cache: the calls made while it is under way time out,
+/// but the attempt goes on in its own task and a later call uses it. Here a proxy holds the
+/// first connection back 300 ms against a 20 ms budget.
+#[tokio::test]
+async fn a_first_connection_slower_than_the_call_budget_still_connects() {
+    use taskq_core::cache::{CacheError, Guard};
+    let Some(url) = taskq_aws::testing::redis_url("slow_first_connection") else {
+        return;
+    };
+    let target = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .expect("host:port")
+        .to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let proxy = listener.local_addr().expect("addr");
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let target = target.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    let mut settings = taskq_aws::testing::redis_settings(&format!("redis://{proxy}"));
+    settings.ttl = TTL;
+    let redis = RedisCache::new(settings).expect("valid URL");
+    let guard = Guard::new(Duration::from_millis(20), Duration::from_millis(50));
+    let user = user();
+    let task = task(&user).await;
+
+    let first = guard.run(redis.put(&task)).await;
+    assert!(matches!(first, Err(CacheError::Timeout(_))), "{first:?}");
+    // Calls keep failing fast (timeout, then skipped) until the connection is made ...
+    let start = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        if guard.run(redis.put(&task)).await.is_ok() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "the cache never connected");
+    }
+    // ... and then it works, over the one connection the first call started.
+    let read = guard
+        .run(redis.get(&user, task.id))
+        .await
+        .expect("a connected cache answers");
+    assert_eq!(read.map(|t| t.id), Some(task.id));
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

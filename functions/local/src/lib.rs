@@ -156,6 +156,7 @@ pub async fn start(options: LocalOptions) -> std::io::Result<LocalServer> {
     let (cache, limiter, guard): (Arc<dyn StatusCache>, Arc<dyn RateLimiter>, Guard) = match options.redis {
         Some(settings) => {
             let redis = Arc::new(RedisCache::new(settings.clone()).map_err(std::io::Error::other)?);
+            redis.connect_in_background();
             let limiter = Arc::new(FallbackLimiter::new(redis.clone(), local_limiter, settings.guard()));
             (redis, limiter, settings.guard())
         }

@@ -13,7 +13,9 @@ async fn main() -> Result<(), Error> {
     let settings =
         taskq_aws::RedisSettings::from_env()?.ok_or("TASKQ_REDIS_URL must be set for the stream consumer")?;
     let guard = settings.guard();
-    let cache = CacheLayer::new(Arc::new(taskq_aws::RedisCache::new(settings)?), guard);
+    let redis = taskq_aws::RedisCache::new(settings)?;
+    redis.connect_in_background();
+    let cache = CacheLayer::new(Arc::new(redis), guard);
     run(service_fn(|event: LambdaEvent<Event>| {
         let cache = cache.clone();
         async move { Ok::<StreamReport, Error>(handle(&event.payload, &cache).await) }
