@@ -7,6 +7,8 @@ const TOKEN_KEY = "taskq.token";
 const REFRESH_MS = 2000;
 const PAGE = 25;
 const TERMINAL = new Set(["succeeded", "failed", "cancelled", "dead"]);
+// What POST /v1/tasks/{id}/retry accepts.
+const RETRYABLE = new Set(["failed", "cancelled", "dead"]);
 
 const $ = (id) => document.getElementById(id);
 
@@ -262,6 +264,7 @@ async function loadDetail() {
       $("timeline").replaceChildren();
       $("detail-error").hidden = true;
       $("cancel-task").hidden = true;
+      $("retry-task").hidden = true;
       return;
     }
     throw e;
@@ -295,6 +298,7 @@ async function loadDetail() {
   const first = events.events[0];
   $("timeline").replaceChildren(...events.events.map((e) => eventItem(e, first)));
   $("cancel-task").hidden = TERMINAL.has(task.status) || task.cancel_requested === true;
+  $("retry-task").hidden = !RETRYABLE.has(task.status);
 }
 
 // --- refresh loop ----------------------------------------------------------------------------
@@ -361,6 +365,14 @@ document.addEventListener("DOMContentLoaded", () => {
   $("cancel-task").addEventListener("click", async () => {
     try {
       await api(`/v1/tasks/${encodeURIComponent(state.selected)}/cancel`, { method: "POST" });
+    } catch (e) {
+      banner(e.message);
+    }
+    refresh();
+  });
+  $("retry-task").addEventListener("click", async () => {
+    try {
+      await api(`/v1/tasks/${encodeURIComponent(state.selected)}/retry`, { method: "POST" });
     } catch (e) {
       banner(e.message);
     }

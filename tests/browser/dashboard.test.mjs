@@ -143,8 +143,9 @@ describe("dashboard", () => {
     const types = await page.locator("#timeline li").evaluateAll((items) => items.map((i) => i.dataset.type));
     assert.deepEqual(types, ["submitted", "started", "failed"]);
     assert.match(await page.textContent('#timeline li[data-type="failed"]'), /running → failed/);
-    // A finished task cannot be cancelled: no button.
+    // A finished task cannot be cancelled: no button. A failed one can be retried.
     assert.equal(await page.isHidden("#cancel-task"), true);
+    assert.equal(await page.isHidden("#retry-task"), false);
     await page.screenshot({ path: join(ARTIFACTS, "dashboard-failed.png"), fullPage: true });
   });
 
@@ -156,6 +157,14 @@ describe("dashboard", () => {
     await page.click("#cancel-task");
     await page.waitForFunction(() => document.getElementById("detail").dataset.status === "cancelled");
     assert.equal((await api("GET", `/v1/tasks/${task.id}`)).status, "cancelled");
+    // A cancelled task can run again: the retry button queues it, and its timeline goes on.
+    assert.equal(await page.isHidden("#cancel-task"), true);
+    await page.locator("#retry-task").waitFor({ state: "visible" });
+    await page.click("#retry-task");
+    await page.waitForFunction(() => document.getElementById("detail").dataset.status !== "cancelled");
+    await page.locator('#timeline li[data-type="retried"]').waitFor();
+    assert.notEqual((await api("GET", `/v1/tasks/${task.id}`)).status, "cancelled");
+    await page.screenshot({ path: join(ARTIFACTS, "dashboard-retried.png"), fullPage: true });
   });
 
   test("a token the API refuses sends the user back to sign in", async () => {

@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/batch", post(submit_batch))
         .route("/v1/tasks/{id}", get(get_task))
         .route("/v1/tasks/{id}/cancel", post(cancel))
+        .route("/v1/tasks/{id}/retry", post(retry))
         .route("/v1/tasks/{id}/events", get(events))
         .route("/v1/admin/queues", get(admin_queues))
         .route("/v1/admin/cache", get(admin_cache))
@@ -331,6 +332,11 @@ async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Path<St
         StatusCode::ACCEPTED
     };
     Ok(json_response(status, &task))
+}
+
+async fn retry(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let task = state.service.retry(&caller.user_id, task_id(&id)?).await?;
+    Ok(json_response(StatusCode::OK, &task))
 }
 
 async fn events(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {

@@ -18,7 +18,7 @@ async fn health_and_openapi_need_no_token() {
 async fn openapi_describes_every_route_the_router_serves() {
     let app = TestApp::new();
     let paths: Vec<&String> = app.spec["paths"].as_object().unwrap().keys().collect();
-    assert_eq!(paths.len(), 10);
+    assert_eq!(paths.len(), 11);
     for (method, path) in [
         ("get", "/v1/health"),
         ("get", "/v1/openapi.json"),
@@ -27,6 +27,7 @@ async fn openapi_describes_every_route_the_router_serves() {
         ("post", "/v1/tasks/batch"),
         ("get", "/v1/tasks/{id}"),
         ("post", "/v1/tasks/{id}/cancel"),
+        ("post", "/v1/tasks/{id}/retry"),
         ("get", "/v1/tasks/{id}/events"),
         ("get", "/v1/admin/queues"),
         ("get", "/v1/admin/cache"),
@@ -434,6 +435,7 @@ async fn another_users_task_is_404_everywhere_and_never_listed() {
     assert_problem(&app.get("bob", &format!("/v1/tasks/{id}")).await, 404, None);
     assert_problem(&app.get("bob", &format!("/v1/tasks/{id}/events")).await, 404, None);
     assert_problem(&app.post("bob", &format!("/v1/tasks/{id}/cancel")).await, 404, None);
+    assert_problem(&app.post("bob", &format!("/v1/tasks/{id}/retry")).await, 404, None);
     assert_eq!(app.get("bob", "/v1/tasks").await.body["tasks"], json!([]));
     assert_eq!(
         app.get("alice", &format!("/v1/tasks/{id}")).await.body["status"],
@@ -522,6 +524,48 @@ async fn cancel_of_a_queued_task_is_immediate_and_of_a_terminal_one_409() {
     assert_eq!(kinds, ["submitted", "cancelled"]);
     assert_eq!(events["events"][1]["seq"], 2);
     assert_eq!(events["events"][1]["from"], "queued");
+}
+
+#[tokio::test]
+async fn retry_queues_a_cancelled_task_again_with_its_history_and_refuses_an_unfinished_one() {
+    let app = TestApp::new();
+    let id = app.submit("alice", json!({"type": "echo"})).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Queued: nothing to retry.
+    assert_problem(&app.post("alice", &format!("/v1/tasks/{id}/retry")).await, 409, None);
+    app.post("alice", &format!("/v1/tasks/{id}/cancel")).await;
+    let before = app.queue.depth(Priority::Normal);
+    let r = app.post("alice", &format!("/v1/tasks/{id}/retry")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["status"], "queued");
+    assert_eq!(r.body["attempts"], 0);
+    assert!(r.body.get("finished_at").is_none_or(Value::is_null), "{}", r.body);
+    assert_eq!(app.queue.depth(Priority::Normal), before + 1, "a new message");
+    let events = app.get("alice", &format!("/v1/tasks/{id}/events")).await.body;
+    let steps: Vec<(&str, &str)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["type"].as_str().unwrap(), e["to"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("submitted", "queued"),
+            ("cancelled", "cancelled"),
+            ("retried", "queued")
+        ]
+    );
+    // Queued again: a second retry is refused, and says why.
+    let again = app.post("alice", &format!("/v1/tasks/{id}/retry")).await;
+    assert_problem(&again, 409, None);
+    assert!(
+        again.body["detail"].as_str().unwrap().contains("retried"),
+        "{}",
+        again.body
+    );
 }
 
 #[tokio::test]

@@ -70,6 +70,7 @@ contract!(
     idempotency_keys_replay_or_report_a_different_request,
     a_replay_sends_the_message_a_failed_first_request_did_not,
     a_stale_worker_from_before_a_redrive_cannot_commit_onto_the_new_run,
+    a_retried_task_is_queued_again_with_a_message_and_a_stale_run_cannot_commit,
     a_write_retried_after_a_lost_response_is_its_own_success,
     a_write_past_400_kb_is_refused_as_too_large,
     two_sweeps_racing_on_a_resend_write_once,
@@ -477,6 +478,57 @@ async fn a_replay_sends_the_message_a_failed_first_request_did_not(b: Backends) 
 
 /// A redrive starts `attempts` over; the run count does not, so the (status, attempts) a worker
 /// of the first run saw can come back, but its write still cannot land on the second run.
+async fn a_retried_task_is_queued_again_with_a_message_and_a_stale_run_cannot_commit(b: Backends) {
+    let service = TaskService::new(b.store.clone(), b.queue.clone());
+    let t = submit(&b, "rita", "low").await;
+    // The submit's message, received and dropped: the first run.
+    assert_eq!(receive_all(&b, Priority::Low, 1).await.len(), 1);
+    let step = |task: &taskq_core::Task, tr: Transition| tr.plan(Snapshot::from(task), Utc::now()).unwrap();
+    let lease = || Transition::Start {
+        lease_until: Utc::now() + chrono::Duration::seconds(60),
+    };
+    let first = b.store.apply("rita", t.id, &step(&t, lease())).await.unwrap();
+    let error = taskq_core::TaskFailure::new("boom", "first run");
+    let failed: taskq_core::Task = b
+        .store
+        .apply("rita", t.id, &step(&first, Transition::Fail { error }))
+        .await
+        .unwrap();
+    assert_eq!(failed.status, Status::Failed);
+    assert!(!all_active(&b, Priority::Low).await.iter().any(|a| a.id == t.id));
+
+    assert!(matches!(
+        service.retry("someone-else", t.id).await,
+        Err(taskq_core::ServiceError::NotFound)
+    ));
+    let retried = service.retry("rita", t.id).await.unwrap();
+    assert_eq!((retried.status, retried.attempts, retried.runs), (Status::Queued, 0, 1));
+    assert_eq!((retried.error.as_ref(), retried.finished_at), (None, None));
+    assert_eq!(retried.history.last().map(|e| e.kind), Some(EventKind::Retried));
+    assert_eq!(b.store.get("rita", t.id).await.unwrap().unwrap(), retried);
+    assert!(
+        all_active(&b, Priority::Low).await.iter().any(|a| a.id == t.id),
+        "back in the active index"
+    );
+    let messages = receive_all(&b, Priority::Low, 1).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(
+        serde_json::from_str::<TaskMessage>(&messages[0].body).unwrap().task_id,
+        t.id
+    );
+    // Only once: the task is queued now.
+    assert!(service.retry("rita", t.id).await.is_err());
+
+    // A worker of the first run, still holding its lease, cannot finish the second.
+    let second = b.store.apply("rita", t.id, &step(&retried, lease())).await.unwrap();
+    assert_eq!((second.attempts, second.runs), (1, 2));
+    let late = step(&first, Transition::Succeed { result: json!("late") });
+    assert!(matches!(
+        b.store.apply("rita", t.id, &late).await,
+        Err(StoreError::Conflict { .. })
+    ));
+}
+
 async fn a_stale_worker_from_before_a_redrive_cannot_commit_onto_the_new_run(b: Backends) {
     let t = submit(&b, "sol", "normal").await;
     let step = |task: &taskq_core::Task, tr: Transition| tr.plan(Snapshot::from(task), Utc::now()).unwrap();

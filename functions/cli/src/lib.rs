@@ -61,6 +61,8 @@ pub enum Command {
     List(ListArgs),
     /// Cancel a task (queued: at once; running: requested)
     Cancel { id: String },
+    /// Run a failed, dead or cancelled task again (attempts start over; its history goes on)
+    Retry { id: String },
     /// Show a task's history
     Events { id: String },
     /// Mint a local HS256 token (as `taskq-local token` does); needs no server
@@ -232,6 +234,16 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), CliError> {
                     ""
                 };
                 emit(out, &format!("{note}{}", output::task(&answer.body)))
+            }
+        }
+        Command::Retry { id } => {
+            let answer = client
+                .call(Method::POST, &format!("{}/retry", task_path(&id)?), &[], None, &[])
+                .await?;
+            if json {
+                emit(out, &answer.body.to_string())
+            } else {
+                emit(out, &output::task(&answer.body))
             }
         }
         Command::Events { id } => {

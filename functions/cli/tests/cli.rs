@@ -255,6 +255,21 @@ async fn cancel_then_cancel_again_is_a_conflict() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_runs_a_cancelled_task_again_and_refuses_a_queued_one() {
+    let app = app().await;
+    let task = app.submit_json(&["echo", "--delay", "600"]).await;
+    let run = app.taskq(&["retry", &id(&task)], None).await;
+    assert_eq!(run.code, 1, "a queued task: {}", run.stdout);
+    assert!(run.stderr.starts_with("taskq: 409 "), "{}", run.stderr);
+    assert_eq!(app.taskq(&["cancel", &id(&task)], None).await.code, 0);
+    let run = app.taskq(&["retry", &id(&task)], None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("status    queued"), "{}", run.stdout);
+    let run = app.taskq(&["events", &id(&task)], None).await;
+    assert!(run.stdout.contains("retried"), "{}", run.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_show_the_history_in_order() {
     let app = app().await;
     let task = app.submit_json(&["echo", "--data", "{}"]).await;

@@ -342,6 +342,35 @@ impl TaskService {
         Ok(self.store.list(user_id, query).await?)
     }
 
+    /// Queues a failed, dead or cancelled task again with a fresh attempt budget; its history
+    /// goes on (a `retried` event) and its run count never repeats, so a worker still holding
+    /// a message of an earlier run cannot commit onto the new one. The message is sent after
+    /// the write: when the send fails the caller gets [`ServiceError::NotEnqueued`] and the task
+    /// is queued without a message, which the sweeper re-sends (as for a submit).
+    pub async fn retry(&self, user_id: &str, id: TaskId) -> Result<Task, ServiceError> {
+        let mut task = self.get(user_id, id).await?;
+        for _ in 0..CANCEL_RACE_RETRIES {
+            let change = Transition::Rerun.plan(Snapshot::from(&task), Utc::now())?;
+            match self.store.apply(user_id, id, &change).await {
+                Ok(after) => {
+                    if let Some(delay) = after.send_delay(Utc::now()) {
+                        self.queue
+                            .send(&after.message(), delay)
+                            .await
+                            .map_err(|e| ServiceError::NotEnqueued(id, e))?;
+                    }
+                    return Ok(after);
+                }
+                Err(StoreError::Conflict { current: Some(now) }) => task = *now,
+                Err(StoreError::Conflict { current: None }) => task = self.get(user_id, id).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Store(StoreError::Unavailable(
+            "task kept changing while being retried".into(),
+        )))
+    }
+
     /// Cancels a queued task at once, or asks a running one to stop. The returned flag is true
     /// when the task was cancelled, false when cancellation was only requested.
     pub async fn cancel(&self, user_id: &str, id: TaskId) -> Result<(Task, bool), ServiceError> {

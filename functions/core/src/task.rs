@@ -229,6 +229,8 @@ pub enum EventKind {
     Enqueued,
     /// An operator moved the task's message back from the dead-letter queue.
     Redriven,
+    /// Its owner asked for a finished (failed, dead or cancelled) task to run again.
+    Retried,
     /// The task's completion webhook was answered with a 2xx (`attempt`: attempts made).
     WebhookDelivered,
     /// The task's completion webhook gave up (`detail`: the last error).

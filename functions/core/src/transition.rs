@@ -74,6 +74,9 @@ pub enum Transition {
     Enqueue { run_at: DateTime<Utc> },
     /// dead -> queued: the message was redriven from the dead-letter queue; attempts start over.
     Revive,
+    /// failed | dead | cancelled -> queued: its owner asked for it to run again, with a fresh
+    /// attempt budget (`POST /v1/tasks/{id}/retry`). Like a redrive, `runs` goes on counting.
+    Rerun,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -144,6 +147,7 @@ impl Transition {
             Transition::Resend { .. } => "have its message re-sent",
             Transition::Enqueue { .. } => "be enqueued",
             Transition::Revive => "be redriven",
+            Transition::Rerun => "be retried (only failed, dead or cancelled tasks are)",
         }
     }
 
@@ -162,6 +166,7 @@ impl Transition {
             (Transition::Resend { .. }, Queued) => Queued,
             (Transition::Enqueue { .. }, Queued) => Queued,
             (Transition::Revive, Dead) => Queued,
+            (Transition::Rerun, Failed | Dead | Cancelled) => Queued,
             _ => {
                 return Err(InvalidTransition {
                     from,
@@ -287,8 +292,12 @@ impl Transition {
                 change.event.to = None;
                 change.event.detail = Some(format!("due at {}", run_at.to_rfc3339()));
             }
-            Transition::Revive => {
-                change.event.kind = EventKind::Redriven;
+            Transition::Revive | Transition::Rerun => {
+                change.event.kind = if self == Transition::Revive {
+                    EventKind::Redriven
+                } else {
+                    EventKind::Retried
+                };
                 change.event.detail = Some(format!("after {} attempts", current.attempts));
                 change.attempts = 0;
                 change.finished_at = Field::Clear;
@@ -347,7 +356,7 @@ pub fn is_valid_step(from: Status, to: Status) -> bool {
         (from, to),
         (Queued, Running | Cancelled | Dead | Queued)
             | (Running, Running | Succeeded | Queued | Failed | Cancelled | Dead)
-            | (Dead, Queued)
+            | (Dead | Failed | Cancelled, Queued)
     )
 }
 
@@ -387,16 +396,44 @@ mod tests {
             Transition::Resend { reason: "r".into() },
             Transition::Enqueue { run_at: now },
             Transition::Revive,
+            Transition::Rerun,
         ]
     }
 
     #[test]
-    fn terminal_tasks_never_move_except_dead_ones_redriven() {
+    fn terminal_tasks_move_only_when_redriven_or_retried() {
         for status in Status::ALL.iter().filter(|s| s.is_terminal()) {
             for t in all_transitions() {
                 let redrive = *status == Status::Dead && t == Transition::Revive;
-                assert_eq!(t.plan(snap(*status, 1), Utc::now()).is_ok(), redrive, "{status} moved");
+                let retry = *status != Status::Succeeded && t == Transition::Rerun;
+                assert_eq!(
+                    t.plan(snap(*status, 1), Utc::now()).is_ok(),
+                    redrive || retry,
+                    "{status} moved"
+                );
             }
+        }
+        for status in [Status::Queued, Status::Running] {
+            let refused = Transition::Rerun.plan(snap(status, 1), Utc::now()).unwrap_err();
+            assert_eq!(refused.from, status);
+        }
+    }
+
+    #[test]
+    fn a_retry_starts_attempts_over_never_runs_and_clears_the_outcome() {
+        for status in [Status::Failed, Status::Dead, Status::Cancelled] {
+            let mut from = snap(status, 3);
+            from.cancel_requested = true;
+            let c = Transition::Rerun.plan(from, Utc::now()).unwrap();
+            assert_eq!((c.status, c.attempts, c.expect_attempts), (Status::Queued, 0, 3));
+            assert_eq!((c.runs, c.expect_runs), (3, 3), "runs never repeat");
+            assert_eq!(
+                (c.finished_at.clone(), c.result.clone(), c.error.clone()),
+                (Field::Clear, Field::Clear, Field::Clear)
+            );
+            assert_eq!(c.cancel_requested, Some(false));
+            assert_eq!(c.event.kind, EventKind::Retried);
+            assert_eq!((c.event.from, c.event.to), (Some(status), Some(Status::Queued)));
         }
     }
 
@@ -452,12 +489,12 @@ mod tests {
 
     proptest! {
         #[test]
-        fn planned_changes_are_valid_steps(si in 0usize..6, ti in 0usize..10, attempts in 0u32..5) {
+        fn planned_changes_are_valid_steps(si in 0usize..6, ti in 0usize..11, attempts in 0u32..5) {
             let status = Status::ALL[si];
             let t = all_transitions().swap_remove(ti);
             if let Ok(c) = t.plan(snap(status, attempts), Utc::now()) {
                 prop_assert!(is_valid_step(c.expect_status, c.status));
-                let revived = c.event.kind == EventKind::Redriven && c.attempts == 0;
+                let revived = matches!(c.event.kind, EventKind::Redriven | EventKind::Retried) && c.attempts == 0;
                 prop_assert!(c.attempts == attempts || c.attempts == attempts + 1 || revived);
                 prop_assert_eq!(c.status.is_terminal(), matches!(c.finished_at, Field::Set(_)));
                 prop_assert_eq!(c.expect_status, Status::ALL[si]);
