@@ -9,6 +9,9 @@ use taskq_core::Priority;
 use crate::accounting::RequestCounter;
 use crate::{DynamoDbTaskStore, SqsTaskQueue};
 
+/// An endpoint for every AWS service, for `sam local invoke` against moto: see `sdk_config`.
+pub const LOCAL_ENDPOINT_VAR: &str = "TASKQ_AWS_ENDPOINT_URL";
+
 /// Queue URLs by priority: high, normal, low.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueUrls {
@@ -94,7 +97,8 @@ impl AwsConfig {
         })
     }
 
-    /// The SDK configuration from the environment (region, credentials, `AWS_ENDPOINT_URL`).
+    /// The SDK configuration from the environment (region, credentials, `AWS_ENDPOINT_URL`, or
+    /// [`LOCAL_ENDPOINT_VAR`] when set and not empty).
     /// No network I/O: credentials are resolved on first use.
     ///
     /// In Lambda the region and the credentials are environment variables the service sets, so
@@ -108,6 +112,12 @@ impl AwsConfig {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .timeout_config(sdk_timeouts())
             .http_client(lazy_https_client());
+        // Declared empty in template.yaml so that `sam local invoke --env-vars` can point the
+        // functions at local servers (sam passes only variables the template declares); an empty
+        // AWS_ENDPOINT_URL there would make the SDK warn at every start.
+        if let Some(url) = std::env::var(LOCAL_ENDPOINT_VAR).ok().filter(|v| !v.trim().is_empty()) {
+            loader = loader.endpoint_url(url.trim());
+        }
         if let Some(region) = lambda_region(|name| std::env::var(name).ok()) {
             loader = loader
                 .region(aws_config::Region::new(region))

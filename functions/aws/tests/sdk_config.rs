@@ -72,4 +72,13 @@ async fn sdk_config_in_lambda_uses_the_environment_and_keeps_the_endpoint_overri
     std::env::set_var("AWS_ACCESS_KEY_ID", "AKIAROTATED");
     let rotated = sdk.credentials_provider().unwrap().provide_credentials().await.unwrap();
     assert_eq!(rotated.access_key_id(), "AKIAROTATED");
+
+    // The template's TASKQ_AWS_ENDPOINT_URL: empty (deployed) changes nothing; set (sam local
+    // with env.local.json) it is every client's endpoint.
+    std::env::set_var(taskq_aws::config::LOCAL_ENDPOINT_VAR, "");
+    let sdk = taskq_aws::AwsConfig::sdk_config().await;
+    assert_eq!(sdk.endpoint_url(), Some("http://127.0.0.1:4566"));
+    std::env::set_var(taskq_aws::config::LOCAL_ENDPOINT_VAR, "http://10.88.0.1:5000");
+    let sdk = taskq_aws::AwsConfig::sdk_config().await;
+    assert_eq!(sdk.endpoint_url(), Some("http://10.88.0.1:5000"));
 }
