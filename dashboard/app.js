@@ -362,22 +362,17 @@ document.addEventListener("DOMContentLoaded", () => {
     history.pushState(null, "", location.pathname + location.search);
     selectFromHash();
   });
-  $("cancel-task").addEventListener("click", async () => {
+  // POST /v1/tasks/{id}/cancel or /retry on the open task, then show what it did.
+  const taskAction = (verb) => async () => {
     try {
-      await api(`/v1/tasks/${encodeURIComponent(state.selected)}/cancel`, { method: "POST" });
+      await api(`/v1/tasks/${encodeURIComponent(state.selected)}/${verb}`, { method: "POST" });
     } catch (e) {
       banner(e.message);
     }
     refresh();
-  });
-  $("retry-task").addEventListener("click", async () => {
-    try {
-      await api(`/v1/tasks/${encodeURIComponent(state.selected)}/retry`, { method: "POST" });
-    } catch (e) {
-      banner(e.message);
-    }
-    refresh();
-  });
+  };
+  $("cancel-task").addEventListener("click", taskAction("cancel"));
+  $("retry-task").addEventListener("click", taskAction("retry"));
   window.addEventListener("hashchange", selectFromHash);
   selectFromHash();
   if (state.token) signIn(state.token);
