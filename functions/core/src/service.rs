@@ -62,8 +62,8 @@ pub struct TaskService {
 /// messages are at most once, and a lost one must not turn a 1 s task into a 20 s wait.
 pub const WAIT_SAFETY_POLL: Duration = Duration::from_secs(2);
 
-/// How many times a cancel re-reads and retries when the task moved under it.
-const CANCEL_RACE_RETRIES: usize = 5;
+/// How many times a cancel or a retry re-reads the task when it moved under it.
+const USER_MOVE_RACE_RETRIES: usize = 5;
 
 impl TaskService {
     pub fn new(store: Arc<dyn TaskStore>, queue: Arc<dyn TaskQueue>) -> Self {
@@ -348,59 +348,61 @@ impl TaskService {
     /// the write: when the send fails the caller gets [`ServiceError::NotEnqueued`] and the task
     /// is queued without a message, which the sweeper re-sends (as for a submit).
     pub async fn retry(&self, user_id: &str, id: TaskId) -> Result<Task, ServiceError> {
-        let mut task = self.get(user_id, id).await?;
-        for _ in 0..CANCEL_RACE_RETRIES {
-            let change = Transition::Rerun.plan(Snapshot::from(&task), Utc::now())?;
-            match self.store.apply(user_id, id, &change).await {
-                Ok(after) => {
-                    if let Some(delay) = after.send_delay(Utc::now()) {
-                        self.queue
-                            .send(&after.message(), delay)
-                            .await
-                            .map_err(|e| ServiceError::NotEnqueued(id, e))?;
-                    }
-                    return Ok(after);
-                }
-                Err(StoreError::Conflict { current: Some(now) }) => task = *now,
-                Err(StoreError::Conflict { current: None }) => task = self.get(user_id, id).await?,
-                Err(e) => return Err(e.into()),
-            }
+        let after = self
+            .apply_racing(user_id, id, "retried", |_| Ok(Some(Transition::Rerun)))
+            .await?;
+        if let Some(delay) = after.send_delay(Utc::now()) {
+            self.queue
+                .send(&after.message(), delay)
+                .await
+                .map_err(|e| ServiceError::NotEnqueued(id, e))?;
         }
-        Err(ServiceError::Store(StoreError::Unavailable(
-            "task kept changing while being retried".into(),
-        )))
+        Ok(after)
     }
 
     /// Cancels a queued task at once, or asks a running one to stop. The returned flag is true
     /// when the task was cancelled, false when cancellation was only requested.
     pub async fn cancel(&self, user_id: &str, id: TaskId) -> Result<(Task, bool), ServiceError> {
+        let after = self
+            .apply_racing(user_id, id, "cancelled", |task| match task.status {
+                Status::Queued => Ok(Some(Transition::Cancel { error: None })),
+                Status::Running if task.cancel_requested => Ok(None),
+                Status::Running => Ok(Some(Transition::RequestCancel)),
+                _ => Err(InvalidTransition {
+                    from: task.status,
+                    action: "be cancelled",
+                }),
+            })
+            .await?;
+        let cancelled = after.status == Status::Cancelled;
+        Ok((after, cancelled))
+    }
+
+    /// A user's request to move a task: `choose` picks the move from the task as last read (or
+    /// `None`: nothing to write, the task is returned as it is). When another writer moved the
+    /// task first, it is read again and the move chosen anew, a few times.
+    async fn apply_racing(
+        &self,
+        user_id: &str,
+        id: TaskId,
+        what: &str,
+        choose: impl Fn(&Task) -> Result<Option<Transition>, InvalidTransition>,
+    ) -> Result<Task, ServiceError> {
         let mut task = self.get(user_id, id).await?;
-        for _ in 0..CANCEL_RACE_RETRIES {
-            let transition = match task.status {
-                Status::Queued => Transition::Cancel { error: None },
-                Status::Running if task.cancel_requested => return Ok((task, false)),
-                Status::Running => Transition::RequestCancel,
-                _ => {
-                    return Err(InvalidTransition {
-                        from: task.status,
-                        action: "be cancelled",
-                    }
-                    .into())
-                }
+        for _ in 0..USER_MOVE_RACE_RETRIES {
+            let Some(transition) = choose(&task)? else {
+                return Ok(task);
             };
             let change = transition.plan(Snapshot::from(&task), Utc::now())?;
             match self.store.apply(user_id, id, &change).await {
-                Ok(after) => {
-                    let cancelled = after.status == Status::Cancelled;
-                    return Ok((after, cancelled));
-                }
+                Ok(after) => return Ok(after),
                 Err(StoreError::Conflict { current: Some(now) }) => task = *now,
                 Err(StoreError::Conflict { current: None }) => task = self.get(user_id, id).await?,
                 Err(e) => return Err(e.into()),
             }
         }
         Err(ServiceError::Store(StoreError::Unavailable(
-            "task kept changing while being cancelled".into(),
+            format!("task kept changing while being {what}").into(),
         )))
     }
 }
