@@ -33,7 +33,14 @@ async fn main() -> Result<(), lambda_http::Error> {
         }
         None => local,
     };
-    let mut state = AppState::new(service, authenticator).with_limits(policy, limiter);
+    let types = taskq_core::Catalog::from_env()?;
+    taskq_core::metrics::set_known_types(types.names());
+    let mut state = AppState::new(service, authenticator)
+        .with_limits(policy, limiter)
+        .with_submit_rules(taskq_core::SubmitRules {
+            types,
+            ..Default::default()
+        });
     // Set by the template: only requests that came through CloudFront are served.
     if let Some(secret) = std::env::var("TASKQ_ORIGIN_VERIFY").ok().filter(|s| !s.is_empty()) {
         state = state.with_origin_secret(secret);

@@ -30,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/{id}/cancel", post(cancel))
         .route("/v1/tasks/{id}/retry", post(retry))
         .route("/v1/tasks/{id}/events", get(events))
+        .route("/v1/types", get(types))
         .route("/v1/admin/queues", get(admin_queues))
         .route("/v1/admin/cache", get(admin_cache))
         .route("/v1/admin/dlq/{priority}/redrive", post(admin_redrive))
@@ -116,7 +117,7 @@ async fn submit(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let value = body::json(&headers, body, MAX_SUBMIT_BODY_BYTES).await?;
-    let new = NewTask::from_json_with(&value, "", state.submit_rules)?;
+    let new = NewTask::from_json_with(&value, "", &state.submit_rules)?;
     allowed_priority(&state, &caller, &new, "")?;
     let submitted = state.service.submit(&caller.user_id, &new, key.as_deref()).await?;
     observe::record("task_id", &submitted.task.id);
@@ -162,7 +163,7 @@ async fn submit_batch(
                 }
                 Some(_) => return Err(FieldError::new(format!("{prefix}idempotency_key"), "must be a string")),
             };
-            NewTask::from_json_with(&item, &prefix, state.submit_rules).map(|t| (t, key))
+            NewTask::from_json_with(&item, &prefix, &state.submit_rules).map(|t| (t, key))
         })
         .collect::<Vec<_>>();
     // Items above the caller's priority get a 403 problem of their own; the rest are submitted.
@@ -337,6 +338,14 @@ async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Path<St
 async fn retry(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
     let task = state.service.retry(&caller.user_id, task_id(&id)?).await?;
     Ok(json_response(StatusCode::OK, &task))
+}
+
+/// The types this deployment accepts, with their limits and payload schemas (not their targets'
+/// addresses).
+async fn types(State(state): State<AppState>, _caller: Caller, query: Params) -> Result<Response, ApiError> {
+    only(&params(query)?, &[])?;
+    let types: Vec<Value> = state.submit_rules.types.types().map(|t| t.public_json()).collect();
+    Ok(json_response(StatusCode::OK, &json!({ "types": types })))
 }
 
 async fn events(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {

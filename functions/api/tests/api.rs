@@ -18,7 +18,7 @@ async fn health_and_openapi_need_no_token() {
 async fn openapi_describes_every_route_the_router_serves() {
     let app = TestApp::new();
     let paths: Vec<&String> = app.spec["paths"].as_object().unwrap().keys().collect();
-    assert_eq!(paths.len(), 11);
+    assert_eq!(paths.len(), 12);
     for (method, path) in [
         ("get", "/v1/health"),
         ("get", "/v1/openapi.json"),
@@ -29,6 +29,7 @@ async fn openapi_describes_every_route_the_router_serves() {
         ("post", "/v1/tasks/{id}/cancel"),
         ("post", "/v1/tasks/{id}/retry"),
         ("get", "/v1/tasks/{id}/events"),
+        ("get", "/v1/types"),
         ("get", "/v1/admin/queues"),
         ("get", "/v1/admin/cache"),
         ("post", "/v1/admin/dlq/{priority}/redrive"),
@@ -212,6 +213,7 @@ async fn loopback_callbacks_are_accepted_only_when_the_deployment_allows_them() 
         AppState::new(service, Authenticator::new(Some(SECRET), None, None)).with_submit_rules(
             taskq_core::SubmitRules {
                 callback: taskq_core::callback::CallbackRules { allow_loopback: true },
+                ..Default::default()
             },
         )
     });
@@ -870,4 +872,136 @@ mod lambda {
         let (status, _) = invoke(&app, bare).await;
         assert_eq!(status, 200);
     }
+}
+
+fn with_types(config: Value) -> TestApp {
+    let types = taskq_core::Catalog::from_json(&config.to_string()).unwrap();
+    TestApp::with_state(move |service| {
+        AppState::new(service, Authenticator::new(Some(SECRET), None, None)).with_submit_rules(
+            taskq_core::SubmitRules {
+                types,
+                ..Default::default()
+            },
+        )
+    })
+}
+
+#[tokio::test]
+async fn an_unknown_type_is_refused_at_submit_naming_it_and_never_queued() {
+    let app = TestApp::new();
+    let r = app.submit("a", json!({"type": "resize", "payload": {}})).await;
+    assert_problem(&r, 400, Some("type"));
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unknown task type \"resize\""),
+        "{}",
+        r.body
+    );
+    let batch = app
+        .send(app.request(
+            Method::POST,
+            "/v1/tasks/batch",
+            Some("a"),
+            Some(json!({"tasks": [{"type": "echo"}, {"type": "resize"}]})),
+        ))
+        .await;
+    assert_eq!(batch.status, StatusCode::ACCEPTED);
+    assert!(batch.body["results"][0]["task"].is_object());
+    assert_eq!(batch.body["results"][1]["error"]["field"], "tasks[1].type");
+    let listed = app.get("a", "/v1/tasks").await;
+    assert_eq!(
+        listed.body["tasks"].as_array().unwrap().len(),
+        1,
+        "only the echo task exists"
+    );
+}
+
+#[tokio::test]
+async fn configured_types_apply_their_limits_priority_and_schema() {
+    let app = with_types(json!({
+        "resize": {"target": {"lambda": "arn:aws:lambda:eu-west-1:123456789012:function:resize"},
+                   "timeout_seconds": {"default": 120, "max": 600}, "max_attempts": {"default": 5, "max": 6},
+                   "max_priority": "normal",
+                   "payload_schema": {"type": "object", "required": ["key"], "additionalProperties": false,
+                                      "properties": {"key": {"type": "string"},
+                                                     "widths": {"type": "array", "items": {"type": "integer", "maximum": 4096}}}}},
+        "fail": null
+    }));
+    let r = app
+        .submit("a", json!({"type": "resize", "payload": {"key": "a.png"}}))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(
+        (r.body["timeout_seconds"].as_u64(), r.body["max_attempts"].as_u64()),
+        (Some(120), Some(5))
+    );
+    let r = app
+        .submit(
+            "a",
+            json!({"type": "resize", "payload": {"key": "a.png", "widths": [64, 5000]}}),
+        )
+        .await;
+    assert_problem(&r, 400, Some("payload.widths[1]"));
+    let r = app
+        .submit("a", json!({"type": "resize", "payload": {"widths": []}}))
+        .await;
+    assert_problem(&r, 400, Some("payload"));
+    let r = app
+        .submit(
+            "a",
+            json!({"type": "resize", "payload": {"key": "k"}, "priority": "high"}),
+        )
+        .await;
+    assert_problem(&r, 400, Some("priority"));
+    let r = app
+        .submit(
+            "a",
+            json!({"type": "resize", "payload": {"key": "k"}, "timeout_seconds": 900}),
+        )
+        .await;
+    assert_problem(&r, 400, Some("timeout_seconds"));
+    // A removed built-in is refused like any unknown type.
+    assert_problem(
+        &app.submit("a", json!({"type": "fail", "payload": {"times": 1}})).await,
+        400,
+        Some("type"),
+    );
+}
+
+#[tokio::test]
+async fn types_lists_what_may_be_submitted_without_saying_where_it_runs() {
+    let app = with_types(json!({
+        "resize": {"target": {"lambda": "arn:aws:lambda:eu-west-1:123456789012:function:secret-name"},
+                   "description": "Resizes one image"},
+        "notify": {"target": {"http": "https://internal.example.com/hook"}}
+    }));
+    let r = app.get("a", "/v1/types").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let names: Vec<&str> = r.body["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["echo", "fail", "notify", "resize", "sleep", "webhook"]);
+    let text = r.body.to_string();
+    assert!(
+        !text.contains("secret-name") && !text.contains("internal.example.com"),
+        "{text}"
+    );
+    let resize = r.body["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "resize")
+        .unwrap();
+    assert_eq!(resize["target"], "lambda");
+    assert_eq!(resize["description"], "Resizes one image");
+    assert_eq!(resize["timeout_seconds"], json!({"default": 60, "max": 900}));
+    // A token is required; query parameters are not taken.
+    let anonymous = app.send(app.request(Method::GET, "/v1/types", None, None)).await;
+    assert_problem(&anonymous, 401, None);
+    assert_problem(&app.get("a", "/v1/types?limit=1").await, 400, Some("limit"));
 }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod cache;
 pub mod callback;
+pub mod catalog;
 pub mod faults;
 pub mod identity;
 pub mod limits;
@@ -20,6 +21,7 @@ pub mod token;
 pub mod trace;
 pub mod transition;
 
+pub use catalog::{Catalog, Target, TypeSpec};
 pub use ports::{
     ActivePage, ActiveQuery, ActiveTask, Created, Delivery, IdempotencyClaim, ListQuery, QueueError, QueueStats,
     RedrivePath, StoreError, TaskMessage, TaskPage, TaskQueue, TaskStore,

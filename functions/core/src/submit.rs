@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 
 use crate::callback::{validate_callback_url, CallbackRules};
+use crate::catalog::Catalog;
 use crate::limits::*;
 use crate::task::{Priority, TaskType};
 
@@ -24,9 +25,11 @@ pub struct NewTask {
 }
 
 /// What a submission may contain beyond the contract's defaults (set per deployment).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct SubmitRules {
     pub callback: CallbackRules,
+    /// The accepted types and their limits (default: the built-in types).
+    pub types: Catalog,
 }
 
 /// A field that failed validation. `too_large` marks size limits (HTTP 413, not 400).
@@ -60,14 +63,21 @@ const FIELDS: &[&str] = &[
 ];
 
 impl NewTask {
-    /// Validates one task object with the default (production) rules. `prefix` is put before
-    /// field names (`tasks[3].`) in errors.
+    /// Validates one task object against the contract alone: any well-formed type, with the
+    /// contract's limits ([`Catalog::open`]). For submitters inside the trust boundary (tests,
+    /// benchmarks); the API uses [`from_json_with`](Self::from_json_with) and its deployment's
+    /// catalog. `prefix` is put before field names (`tasks[3].`) in errors.
     pub fn from_json(value: &Value, prefix: &str) -> Result<Self, FieldError> {
-        Self::from_json_with(value, prefix, SubmitRules::default())
+        let rules = SubmitRules {
+            types: Catalog::open(),
+            ..SubmitRules::default()
+        };
+        Self::from_json_with(value, prefix, &rules)
     }
 
-    /// [`from_json`](Self::from_json) under the given rules.
-    pub fn from_json_with(value: &Value, prefix: &str, rules: SubmitRules) -> Result<Self, FieldError> {
+    /// [`from_json`](Self::from_json) under the given rules: the type must be in `rules.types`,
+    /// and its defaults, ceilings, highest priority and payload schema apply.
+    pub fn from_json_with(value: &Value, prefix: &str, rules: &SubmitRules) -> Result<Self, FieldError> {
         let f = |name: &str| format!("{prefix}{name}");
         let obj = value.as_object().ok_or_else(|| {
             FieldError::new(
@@ -90,6 +100,7 @@ impl NewTask {
             Some(_) => return Err(FieldError::new(f("type"), "must be a string")),
             None => return Err(FieldError::new(f("type"), "is required")),
         };
+        let spec = rules.types.get(&task_type).map_err(|m| FieldError::new(f("type"), m))?;
         let payload = obj.get("payload").cloned().unwrap_or(Value::Null);
         let payload_len = serde_json::to_vec(&payload).map(|v| v.len()).unwrap_or(usize::MAX);
         if payload_len > MAX_PAYLOAD_BYTES {
@@ -104,6 +115,18 @@ impl NewTask {
             Some(Value::String(s)) => s.parse().map_err(|m: String| FieldError::new(f("priority"), m))?,
             Some(_) => return Err(FieldError::new(f("priority"), "must be a string: high, normal or low")),
         };
+        if priority < spec.max_priority {
+            return Err(FieldError::new(
+                f("priority"),
+                format!("type {} allows at most {}", task_type, spec.max_priority),
+            ));
+        }
+        spec.check_payload(&payload).map_err(|(path, message)| {
+            FieldError::new(
+                f(&format!("payload{path}")),
+                format!("does not match the payload schema of type {task_type}: {message}"),
+            )
+        })?;
         let delay_seconds = int_field(obj, &f("delay_seconds"), "delay_seconds", 0, MAX_DELAY_SECONDS, 0)?;
         let run_at = run_at_field(obj, &f("run_at"), Utc::now())?;
         if run_at.is_some() && delay_seconds > 0 {
@@ -128,16 +151,16 @@ impl NewTask {
                 &f("max_attempts"),
                 "max_attempts",
                 1,
-                MAX_ATTEMPTS,
-                DEFAULT_MAX_ATTEMPTS,
+                spec.max_attempts.max,
+                spec.max_attempts.default,
             )?,
             timeout_seconds: int_field(
                 obj,
                 &f("timeout_seconds"),
                 "timeout_seconds",
                 1,
-                MAX_TIMEOUT_SECONDS,
-                DEFAULT_TIMEOUT_SECONDS,
+                spec.timeout_seconds.max,
+                spec.timeout_seconds.default,
             )?,
         })
     }
@@ -348,10 +371,81 @@ mod tests {
         }
         let local = SubmitRules {
             callback: CallbackRules { allow_loopback: true },
+            types: Catalog::open(),
         };
-        let t =
-            NewTask::from_json_with(&json!({"type": "x", "callback_url": "http://127.0.0.1:7/h"}), "", local).unwrap();
+        let t = NewTask::from_json_with(
+            &json!({"type": "x", "callback_url": "http://127.0.0.1:7/h"}),
+            "",
+            &local,
+        )
+        .unwrap();
         assert_eq!(t.callback_url.as_deref(), Some("http://127.0.0.1:7/h"));
+    }
+
+    #[test]
+    fn the_catalog_decides_types_defaults_ceilings_and_priority() {
+        let rules = SubmitRules {
+            types: Catalog::from_json(
+                &json!({"resize": {"target": {"lambda": "f"}, "timeout_seconds": {"default": 120, "max": 600},
+                                   "max_attempts": {"default": 5, "max": 6}, "max_priority": "normal"}})
+                .to_string(),
+            )
+            .unwrap(),
+            ..SubmitRules::default()
+        };
+        let check = |body: Value| NewTask::from_json_with(&body, "tasks[2].", &rules);
+        let e = check(json!({"type": "x"})).unwrap_err();
+        assert_eq!(e.field, "tasks[2].type");
+        assert!(
+            e.message.contains("unknown task type \"x\"") && e.message.contains("resize"),
+            "{}",
+            e.message
+        );
+        let t = check(json!({"type": "resize"})).unwrap();
+        assert_eq!(
+            (t.timeout_seconds, t.max_attempts, t.priority),
+            (120, 5, Priority::Normal)
+        );
+        let e = check(json!({"type": "resize", "timeout_seconds": 601})).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            ("tasks[2].timeout_seconds", "must be an integer from 1 to 600")
+        );
+        let e = check(json!({"type": "resize", "max_attempts": 7})).unwrap_err();
+        assert_eq!(e.field, "tasks[2].max_attempts");
+        let e = check(json!({"type": "resize", "priority": "high"})).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            ("tasks[2].priority", "type resize allows at most normal")
+        );
+        assert_eq!(
+            check(json!({"type": "resize", "priority": "low"})).unwrap().priority,
+            Priority::Low
+        );
+        // The built-ins keep the contract's limits.
+        let t = check(json!({"type": "echo"})).unwrap();
+        assert_eq!((t.timeout_seconds, t.max_attempts), (60, 3));
+    }
+
+    #[cfg(feature = "schema")]
+    #[test]
+    fn a_payload_failing_its_schema_names_the_path() {
+        let rules = SubmitRules {
+            types: Catalog::from_json(
+                r#"{"mail": {"target": {"http": "https://m.example/"}, "payload_schema":
+                    {"type": "object", "properties": {"to": {"type": "array", "items": {"type": "string"}}}}}}"#,
+            )
+            .unwrap(),
+            ..SubmitRules::default()
+        };
+        let e = NewTask::from_json_with(&json!({"type": "mail", "payload": {"to": ["a", 3]}}), "", &rules).unwrap_err();
+        assert_eq!(e.field, "payload.to[1]");
+        assert!(
+            e.message.starts_with("does not match the payload schema of type mail"),
+            "{}",
+            e.message
+        );
+        assert!(!e.too_large);
     }
 
     proptest! {

@@ -19,11 +19,12 @@ use taskq_core::faults::{FaultCounts, FaultPlan, FaultyQueue, FaultyStore};
 use taskq_core::memory::{MemoryQueueConfig, MemoryTaskQueue, MemoryTaskStore};
 use taskq_core::memory::{MemoryRateLimiter, MemoryStatusCache};
 pub use taskq_core::rate::RolePolicy;
-use taskq_core::{SubmitRules, TaskQueue, TaskService, TaskStore};
+use taskq_core::{Catalog, SubmitRules, TaskQueue, TaskService, TaskStore};
 pub use taskq_sweeper::{Sweeper, SweeperConfig};
 pub use taskq_webhook::Network;
 pub use taskq_webhook::RetryPolicy as WebhookRetryPolicy;
 use taskq_webhook::{Deliverer, Webhooks};
+use taskq_worker::targets::{HttpClient, TargetClients};
 use taskq_worker::{Registry, Worker, WorkerConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -48,8 +49,14 @@ pub struct LocalOptions {
     pub event_sources: EventSourceConfig,
     /// Run the emulated event source mappings (off: the API only).
     pub workers: bool,
-    /// Task handlers; `None`: the built-in types, `webhook` reaching what `outbound` allows.
+    /// Task handlers; `None`: the built-in types, `webhook` reaching what `outbound` allows,
+    /// and a handler for each `lambda` and `http` type of `types`.
     pub registry: Option<Registry>,
+    /// The task types the API accepts (`TASKQ_TASK_TYPES`; default: the built-ins).
+    pub types: Catalog,
+    /// How `lambda` targets are invoked (needed when `types` has one; `http` targets use the
+    /// outbound network and the webhook secret below).
+    pub lambda: Option<aws_sdk_lambda::Client>,
     /// Run the sweeper this often (`None`: never).
     pub sweep_every: Option<std::time::Duration>,
     pub sweeper: SweeperConfig,
@@ -86,6 +93,8 @@ impl LocalOptions {
             event_sources: EventSourceConfig::default(),
             workers: true,
             registry: None,
+            types: Catalog::builtin(),
+            lambda: None,
             sweep_every: Some(std::time::Duration::from_secs(60)),
             sweeper: SweeperConfig::default(),
             faults: None,
@@ -173,6 +182,24 @@ pub async fn start(options: LocalOptions) -> std::io::Result<LocalServer> {
     let refreshing = Arc::new(RefreshingStore::new(store, layer.clone()).with_changes(changes));
     let store: Arc<dyn TaskStore> = refreshing.clone();
     let lookup = options.lookup.unwrap_or_else(|| Arc::new(taskq_outbound::SystemLookup));
+    let registry = match options.registry {
+        Some(registry) => registry,
+        None => {
+            let policy = taskq_worker::builtin::Webhook::policy(options.outbound.clone());
+            let outbound = taskq_outbound::Outbound::with_lookup(policy, lookup.clone());
+            let mut registry = Registry::with_builtins_using(taskq_worker::builtin::Webhook::with_outbound(outbound));
+            let http = HttpClient::with_outbound(
+                taskq_outbound::Outbound::with_lookup(HttpClient::policy(options.outbound.clone()), lookup.clone()),
+                options.webhook_secret.clone().into_bytes(),
+            );
+            let clients = TargetClients {
+                lambda: options.lambda,
+                http: Some(http),
+            };
+            taskq_worker::targets::register(&mut registry, &options.types, &clients).map_err(std::io::Error::other)?;
+            registry
+        }
+    };
     let deliverer = Deliverer::with_lookup(
         options.webhook_secret.into_bytes(),
         options.webhook_retry,
@@ -188,6 +215,7 @@ pub async fn start(options: LocalOptions) -> std::io::Result<LocalServer> {
     .with_limits(options.policy, limiter)
     .with_submit_rules(SubmitRules {
         callback: options.callback,
+        types: options.types,
     });
     let state = if embedded {
         state.with_cache_info(Arc::new(EmbeddedCache))
@@ -207,11 +235,6 @@ pub async fn start(options: LocalOptions) -> std::io::Result<LocalServer> {
         tokio::spawn(taskq_webhook::run_feed(feed, webhooks)),
     ];
     if options.workers {
-        let registry = options.registry.unwrap_or_else(|| {
-            let policy = taskq_worker::builtin::Webhook::policy(options.outbound.clone());
-            let outbound = taskq_outbound::Outbound::with_lookup(policy, lookup);
-            Registry::with_builtins_using(taskq_worker::builtin::Webhook::with_outbound(outbound))
-        });
         let worker = Worker::new(store.clone(), queue.clone(), registry, options.worker);
         tasks.extend(esm::spawn(worker, queue.clone(), &options.event_sources));
     }

@@ -141,6 +141,13 @@ async fn serve(mut args: Args) -> Result<(), String> {
     if options.callback.allow_loopback {
         options.outbound = taskq_local::Network::AllowLoopback;
     }
+    options.types = taskq_core::Catalog::from_env().map_err(|e| e.to_string())?;
+    if options.types.uses("lambda") {
+        // AWS_ENDPOINT_URL_LAMBDA (or AWS_ENDPOINT_URL) points it at a local function server.
+        options.lambda = Some(taskq_worker::targets::LambdaTarget::client(
+            &taskq_aws::AwsConfig::sdk_config().await,
+        ));
+    }
     let webhook_secret = std::env::var("TASKQ_WEBHOOK_SECRET").ok().filter(|s| !s.is_empty());
     let webhook_secret_is_dev = webhook_secret.is_none();
     options.webhook_secret = webhook_secret.unwrap_or_else(|| taskq_local::DEV_WEBHOOK_SECRET.to_owned());

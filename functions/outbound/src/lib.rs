@@ -21,6 +21,8 @@
 //! `webhook` tasks alike); it is off unless asked for, and the
 //! template never sets it.
 
+pub mod signature;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

@@ -13,7 +13,7 @@
 //! the record is retried and the receiver may see the same `Taskq-Delivery` id twice.
 
 pub mod deliver;
-pub mod signature;
+pub use taskq_outbound::signature;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -7,9 +7,6 @@ use aws_lambda_events::dynamodb::Event;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use taskq_webhook::{handle, BatchResponse, Deliverer, Network, RetryPolicy, Webhooks};
 
-/// A shorter secret is a configuration mistake (the template generates 64 characters).
-const MIN_SECRET_LEN: usize = 32;
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     taskq_aws::telemetry::init();
@@ -19,10 +16,7 @@ async fn main() -> Result<(), Error> {
     // function's configuration is readable by anyone allowed GetFunctionConfiguration.
     let secret_arn = var("TASKQ_WEBHOOK_SECRET_ARN").ok_or("TASKQ_WEBHOOK_SECRET_ARN must be set")?;
     let sdk = taskq_aws::AwsConfig::sdk_config().await;
-    let secret = taskq_aws::secrets::secret_string(&aws_sdk_secretsmanager::Client::new(&sdk), &secret_arn).await?;
-    if secret.len() < MIN_SECRET_LEN {
-        return Err(format!("the webhook secret must be at least {MIN_SECRET_LEN} characters").into());
-    }
+    let secret = taskq_aws::secrets::signing_secret(&sdk, &secret_arn).await?;
     let deliverer = Deliverer::new(secret.into_bytes(), RetryPolicy::default(), Network::PublicOnly)?;
     let store = taskq_aws::DynamoDbTaskStore::new(aws_sdk_dynamodb::Client::new(&sdk), table);
     let webhooks = Webhooks::new(deliverer, Arc::new(store));

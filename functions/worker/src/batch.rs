@@ -385,7 +385,8 @@ impl Worker {
             .saturating_duration_since(Instant::now())
             .saturating_sub(self.config.deadline_margin);
         let limit = own_timeout.min(left);
-        let ctx = TaskContext::new(task.clone(), cancel);
+        let ctx = TaskContext::new(task.clone(), cancel)
+            .with_deadline(chrono::Utc::now() + chrono::Duration::from_std(limit).unwrap_or_default());
         let mut join = tokio::spawn(async move { handler.run(ctx).await });
         match tokio::time::timeout(limit, &mut join).await {
             Ok(Ok(result)) => result,

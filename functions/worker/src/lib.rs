@@ -7,6 +7,7 @@ pub mod builtin;
 pub mod config;
 pub mod registry;
 pub mod sqs;
+pub mod targets;
 
 pub use batch::Worker;
 pub use config::WorkerConfig;

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use taskq_worker::targets::{HttpClient, LambdaTarget, TargetClients};
 use taskq_worker::{Registry, Worker, WorkerConfig};
 
 // One thread, as in every taskq function: at 128 MB Lambda gives a function about a fourteenth
@@ -16,10 +17,24 @@ async fn main() -> Result<(), Error> {
     taskq_aws::telemetry::init();
     let config = WorkerConfig::from_env()?;
     let aws = taskq_aws::AwsConfig::from_env()?;
-    let registry = Registry::with_builtins();
+    let catalog = taskq_core::Catalog::from_env()?;
+    let sdk = taskq_aws::AwsConfig::sdk_config().await;
+    let mut clients = TargetClients::default();
+    if catalog.uses("lambda") {
+        clients.lambda = Some(LambdaTarget::client(&sdk));
+    }
+    if catalog.uses("http") {
+        // The completion webhooks' secret: receivers verify both with one function.
+        let id = std::env::var("TASKQ_WEBHOOK_SECRET_ARN")
+            .map_err(|_| "TASKQ_WEBHOOK_SECRET_ARN must be set when a task type has an http target")?;
+        let secret = taskq_aws::secrets::signing_secret(&sdk, &id).await?;
+        clients.http = Some(HttpClient::new(taskq_outbound::Network::PublicOnly, secret));
+    }
+    let mut registry = Registry::with_builtins();
+    taskq_worker::targets::register(&mut registry, &catalog, &clients)?;
     // Metrics name these types; any other is counted as "other".
     taskq_core::metrics::set_known_types(registry.types());
-    let (store, queue) = aws.adapters().await;
+    let (store, queue) = aws.adapters_from(&sdk);
     let worker = Worker::new(Arc::new(store), Arc::new(queue), registry, config);
     run(service_fn(|event: LambdaEvent<SqsEvent>| {
         let worker = worker.clone();

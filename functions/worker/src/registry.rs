@@ -12,12 +12,26 @@ use taskq_core::{Task, TaskFailure};
 pub struct TaskContext {
     pub task: Task,
     cancel: tokio::sync::watch::Receiver<bool>,
+    /// When the worker stops waiting for this attempt (its timeout, or the invocation's end).
+    deadline: chrono::DateTime<chrono::Utc>,
 }
 
 impl TaskContext {
     /// A context whose cancellation is signalled through `cancel` (the worker's watcher).
     pub fn new(task: Task, cancel: tokio::sync::watch::Receiver<bool>) -> Self {
-        Self { task, cancel }
+        let deadline = chrono::Utc::now() + chrono::Duration::seconds(task.timeout_seconds.into());
+        Self { task, cancel, deadline }
+    }
+
+    /// The same context ending at `deadline` instead of after the task's timeout.
+    pub fn with_deadline(mut self, deadline: chrono::DateTime<chrono::Utc>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// When the worker stops waiting for this attempt.
+    pub fn deadline(&self) -> chrono::DateTime<chrono::Utc> {
+        self.deadline
     }
 
     /// A context that is never cancelled (for calling handlers in tests).
@@ -25,7 +39,7 @@ impl TaskContext {
         let (tx, rx) = tokio::sync::watch::channel(false);
         // The receiver keeps the last value after the sender is gone: never cancelled.
         drop(tx);
-        Self { task, cancel: rx }
+        Self::new(task, rx)
     }
 
     /// Whether the task's owner has asked to cancel it (as of the worker's last check).
