@@ -103,11 +103,12 @@ async fn ended(store: &Arc<MemoryTaskStore>, callback: &str, succeed: bool) -> T
     let service = TaskService::new(store.clone(), Arc::new(MemoryTaskQueue::default()));
     let rules = SubmitRules {
         callback: CallbackRules { allow_loopback: true },
+        ..SubmitRules::default()
     };
     let new = NewTask::from_json_with(
         &json!({"type": "echo", "payload": {"n": 1}, "callback_url": callback}),
         "",
-        rules,
+        &rules,
     )
     .unwrap();
     let task = service.submit("alice", &new, None).await.unwrap().task;
