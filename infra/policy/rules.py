@@ -1015,6 +1015,58 @@ def cognito_closed_by_default(t: Template) -> list[str]:
     return out
 
 
+# The functions that read the task type catalog: the API checks submissions against it, the
+# worker takes its targets from it. One parameter feeds both, so they cannot disagree.
+CATALOG_READERS = ("taskq-api", "taskq-worker")
+
+
+def binary(fn: dict) -> str | None:
+    return (fn.get("Metadata") or {}).get("BuildProperties", {}).get("Binary")
+
+
+@rule
+def task_types_and_targets(t: Template) -> list[str]:
+    """One TaskTypes parameter (a JSON object) feeds TASKQ_TASK_TYPES of the API and the worker; only the worker may invoke Lambda, exactly the TargetFunctionArns, and only when some are given."""
+    out = []
+    param = t.get("Parameters", {}).get("TaskTypes")
+    if param is None:
+        out.append("a TaskTypes parameter must configure the accepted task types")
+    else:
+        try:
+            if not isinstance(json.loads(param.get("Default", "")), dict):
+                raise ValueError
+        except ValueError:
+            out.append(f"TaskTypes must default to a JSON object, not {param.get('Default')!r}")
+    if "TargetFunctionArns" not in t.get("Parameters", {}):
+        out.append("a TargetFunctionArns parameter must list the functions lambda targets may invoke")
+    for name, fn in functions(t).items():
+        if binary(fn) in CATALOG_READERS and "TaskTypes" not in refs(env(t, fn).get("TASKQ_TASK_TYPES")):
+            out.append(f"{name}: TASKQ_TASK_TYPES must be !Ref TaskTypes (the API and the worker read one catalog)")
+        role_name, role = function_role(t, fn)
+        invokes = [s for s in statements(t, fn) if s.get("Effect") == "Allow" and any(str(a).startswith("lambda:") for a in as_list(s.get("Action")))]
+        if not invokes:
+            continue
+        if binary(fn) != "taskq-worker":
+            out.append(f"{name}: only the worker invokes task targets; {[s.get('Sid', '?') for s in invokes]} grant Lambda actions")
+            continue
+        for s in invokes:
+            sid = s.get("Sid", "?")
+            if as_list(s.get("Action")) != ["lambda:InvokeFunction"]:
+                out.append(f"{name}/{sid}: lambda:InvokeFunction only, not {as_list(s.get('Action'))}")
+            if s.get("Resource") != {"Ref": "TargetFunctionArns"}:
+                out.append(f"{name}/{sid}: Resource must be !Ref TargetFunctionArns, not {plain(s.get('Resource'))!r}")
+        # An empty list would make the statement invalid: it exists only under HasTargetFunctions.
+        raw = [x for p in props(role or {}).get("Policies", []) for x in p["PolicyDocument"]["Statement"]]
+        for x in raw:
+            if isinstance(x, dict) and "Effect" in x and any(str(a).startswith("lambda:") for a in as_list(x.get("Action"))):
+                out.append(f"{role_name}/{x.get('Sid', '?')}: must sit in !If [HasTargetFunctions, ..., !Ref AWS::NoValue]")
+            if isinstance(x, dict) and "Fn::If" in x and x["Fn::If"][0] != "HasTargetFunctions":
+                branch = x["Fn::If"][1]
+                if any(str(a).startswith("lambda:") for a in as_list(branch.get("Action"))):
+                    out.append(f"{role_name}/{branch.get('Sid', '?')}: under {x['Fn::If'][0]}, not HasTargetFunctions")
+    return out
+
+
 # Environment variables that may hold a resolved secret, and why: CloudFront's origin secret is
 # readable in the distribution's configuration anyway (see template.yaml, ApiFunction).
 ENV_SECRETS_ALLOWED = {ORIGIN_ENV}

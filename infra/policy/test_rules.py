@@ -304,6 +304,40 @@ class RulesCatchBrokenTemplates(unittest.TestCase):
         t = broken(mutate)
         self.assertCaught("finished_tasks_expire", t, "WorkerFunction: writes TasksTable")
 
+    # task types and targets
+    def test_task_types_and_targets__api_without_the_catalog(self):
+        t = broken(lambda t: env_of(t, "ApiFunction").pop("TASKQ_TASK_TYPES"))
+        self.assertCaught("task_types_and_targets", t, "ApiFunction: TASKQ_TASK_TYPES must be !Ref TaskTypes")
+
+    def test_task_types_and_targets__worker_with_its_own_catalog(self):
+        t = broken(lambda t: env_of(t, "WorkerFunction").__setitem__("TASKQ_TASK_TYPES", "{}"))
+        self.assertCaught("task_types_and_targets", t, "WorkerFunction: TASKQ_TASK_TYPES must be !Ref TaskTypes")
+
+    def test_task_types_and_targets__default_not_json(self):
+        t = broken(lambda t: t["Parameters"]["TaskTypes"].__setitem__("Default", "echo,sleep"))
+        self.assertCaught("task_types_and_targets", t, "TaskTypes must default to a JSON object")
+
+    def test_task_types_and_targets__invoke_any_function(self):
+        t = broken(lambda t: stmt(t, "WorkerFunctionRole", "InvokeTaskTargets").__setitem__("Resource", "arn:aws:lambda:*:*:function:*"))
+        self.assertCaught("task_types_and_targets", t, "Resource must be !Ref TargetFunctionArns")
+
+    def test_task_types_and_targets__api_may_invoke(self):
+        t = broken(lambda t: role_stmts(t, "ApiFunctionRole").append(copy.deepcopy(stmt(t, "WorkerFunctionRole", "InvokeTaskTargets"))))
+        self.assertCaught("task_types_and_targets", t, "ApiFunction: only the worker invokes task targets")
+
+    def test_task_types_and_targets__unconditional_invoke(self):
+        def mutate(t):
+            s = copy.deepcopy(stmt(t, "WorkerFunctionRole", "InvokeTaskTargets"))
+            drop_stmt(t, "WorkerFunctionRole", "InvokeTaskTargets")
+            role_stmts(t, "WorkerFunctionRole").append(s)
+
+        t = broken(mutate)
+        self.assertCaught("task_types_and_targets", t, "must sit in !If [HasTargetFunctions")
+
+    def test_task_types_and_targets__more_lambda_actions(self):
+        t = broken(lambda t: stmt(t, "WorkerFunctionRole", "InvokeTaskTargets").__setitem__("Action", ["lambda:InvokeFunction", "lambda:UpdateFunctionCode"]))
+        self.assertCaught("task_types_and_targets", t, "lambda:InvokeFunction only")
+
     # cache and network
     def test_cache_private_and_optional__open_ingress(self):
         t = broken(
