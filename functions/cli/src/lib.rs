@@ -65,6 +65,8 @@ pub enum Command {
     Retry { id: String },
     /// Show a task's history
     Events { id: String },
+    /// List the task types this deployment accepts, with their limits
+    Types,
     /// Mint a local HS256 token (as `taskq-local token` does); needs no server
     Token(TokenArgs),
 }
@@ -249,6 +251,10 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), CliError> {
         Command::Events { id } => {
             let events = client.get(&format!("{}/events", task_path(&id)?), &[]).await?;
             emit(out, &render(json, &events, output::events))
+        }
+        Command::Types => {
+            let types = client.get("/v1/types", &[]).await?;
+            emit(out, &render(json, &types, output::types))
         }
     }
 }

@@ -85,6 +85,30 @@ pub fn task_list(page: &Value) -> String {
 }
 
 /// `{"events": [...]}` as a timeline, one line per event.
+/// One line per type: name, target kind, timeout and attempts (default/max), highest priority,
+/// whether a payload schema applies.
+pub fn types(body: &Value) -> String {
+    let types = body["types"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let mut lines = vec![format!(
+        "{:<24}  {:<7}  {:<9}  {:<8}  {:<8}  {}",
+        "TYPE", "TARGET", "TIMEOUT", "ATTEMPTS", "PRIORITY", "SCHEMA"
+    )];
+    let bounds = |b: &Value| format!("{}/{}", compact(&b["default"]), compact(&b["max"]));
+    for t in types {
+        let line = format!(
+            "{:<24}  {:<7}  {:<9}  {:<8}  {:<8}  {}",
+            s(&t["name"]),
+            s(&t["target"]),
+            bounds(&t["timeout_seconds"]),
+            bounds(&t["max_attempts"]),
+            s(&t["max_priority"]),
+            if t["payload_schema"].is_null() { "-" } else { "yes" }
+        );
+        lines.push(line.trim_end().to_owned());
+    }
+    lines.join("\n")
+}
+
 pub fn events(body: &Value) -> String {
     let events = body["events"].as_array().map(Vec::as_slice).unwrap_or_default();
     events

@@ -288,6 +288,29 @@ async fn events_show_the_history_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn types_lists_what_the_deployment_accepts() {
+    let app = app().await;
+    let run = app.taskq(&["types"], None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("TYPE") && lines[0].contains("ATTEMPTS"),
+        "{}",
+        run.stdout
+    );
+    let echo = lines.iter().find(|l| l.starts_with("echo ")).expect("echo listed");
+    let cols: Vec<&str> = echo.split_whitespace().collect();
+    assert_eq!(
+        cols,
+        ["echo", "builtin", "60/900", "3/25", "high", "-"],
+        "{}",
+        run.stdout
+    );
+    let run = app.taskq(&["types", "--json"], None).await;
+    assert_eq!(run.json()["types"].as_array().unwrap().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_minted_by_the_cli_is_accepted_with_its_roles() {
     let app = app().await;
     let run = app

@@ -177,3 +177,87 @@ async fn a_finished_task_is_posted_signed_once_and_recorded(server: LocalServer)
     }
     assert_eq!(task["result"], json!({"hello": "hook"}));
 }
+
+/// A configured `http` task type through taskq-local: the API accepts it (and refuses a type
+/// not configured), the worker POSTs the task signed with the webhook secret to the target, a
+/// 503 is retried, and the target's JSON reply becomes the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_http_task_type_runs_at_its_target() {
+    let seen: Seen = Arc::default();
+    async fn target(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
+        let sig = headers
+            .get("taskq-signature")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let now = chrono::Utc::now().timestamp();
+        let ok = taskq_webhook::verify(
+            WEBHOOK_SECRET.as_bytes(),
+            sig,
+            &body,
+            now,
+            taskq_webhook::DEFAULT_TOLERANCE,
+        )
+        .is_ok();
+        let task: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let mut seen = seen.lock().unwrap();
+        seen.push((headers, body, ok));
+        if seen.len() == 1 {
+            return (StatusCode::SERVICE_UNAVAILABLE, "warming up".into());
+        }
+        (
+            StatusCode::OK,
+            json!({"sent_to": task["payload"]["to"], "attempt": task["attempt"]}).to_string(),
+        )
+    }
+    let app = axum::Router::new()
+        .route("/run", axum::routing::post(target))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/run", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut o = options(Backend::Memory(MemoryQueueConfig::default()));
+    o.worker.retry_base = Duration::from_millis(10);
+    o.worker.retry_cap = Duration::from_millis(20);
+    o.types = taskq_core::Catalog::from_json(
+        &json!({"notify": {"target": {"http": url}, "payload_schema": {"type": "object", "required": ["to"]}}})
+            .to_string(),
+    )
+    .unwrap();
+    let server = start(o).await.unwrap();
+    let http = reqwest::Client::new();
+    let token = taskq_api::auth::mint(SECRET, "notifier", &[], 600).unwrap();
+    let base = server.base_url();
+    let submit = |body: Value| {
+        http.post(format!("{base}/v1/tasks"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        submit(json!({"type": "notify", "payload": {}})).await.unwrap().status(),
+        400
+    );
+    assert_eq!(submit(json!({"type": "resize"})).await.unwrap().status(), 400);
+    let submitted: Value = submit(json!({"type": "notify", "payload": {"to": "ana"}}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = submitted["id"].as_str().expect("a task").to_owned();
+    let task: Value = http
+        .get(format!("{base}/v1/tasks/{id}?wait=20"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(task["status"], "succeeded", "{task}");
+    assert_eq!(task["result"], json!({"sent_to": "ana", "attempt": 2}));
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|(_, _, ok)| *ok), "every request verified");
+}
