@@ -68,7 +68,47 @@ async fn invoke(State(seen): State<Shared>, Path(name): Path<String>, headers: H
         ),
         "broken" => aws_error(StatusCode::INTERNAL_SERVER_ERROR, "ServiceException", "internal"),
         "not-json" => (StatusCode::OK, "hello").into_response(),
+        "python-resize" => python_runtime(&body).await,
         _ => aws_error(StatusCode::NOT_FOUND, "ResourceNotFoundException", "Function not found"),
+    }
+}
+
+/// The README's Python handler (`examples/python/lambda_handler.py`) run as Lambda's Python
+/// runtime runs it: the event in, the return value out as JSON, an exception reported as a
+/// function error whose `errorType` is the exception's class name.
+async fn python_runtime(event: &str) -> Response {
+    const SHIM: &str = r#"
+import json, sys
+sys.path.insert(0, "examples/python")
+import lambda_handler
+try:
+    print(json.dumps({"ok": lambda_handler.handler(json.loads(sys.stdin.read()), None)}))
+except Exception as e:
+    print(json.dumps({"errorType": type(e).__name__, "errorMessage": str(e)}))
+"#;
+    let event = event.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", SHIM])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs the README's handler");
+        child.stdin.take().unwrap().write_all(event.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let reply: Value = serde_json::from_slice(&out.stdout).expect("the shim prints JSON");
+    match reply.get("ok") {
+        Some(result) => (StatusCode::OK, result.to_string()).into_response(),
+        None => (
+            StatusCode::OK,
+            [("x-amz-function-error", "Unhandled")],
+            reply.to_string(),
+        )
+            .into_response(),
     }
 }
 
@@ -141,6 +181,7 @@ fn catalog(addr: SocketAddr) -> Catalog {
         "broken",
         "not-json",
         "gone",
+        "python-resize",
     ] {
         let function = format!("arn:aws:lambda:us-east-1:123456789012:function:{f}");
         config.insert(format!("fn-{f}"), json!({"target": {"lambda": function}}));
@@ -371,4 +412,93 @@ async fn both_targets_through_the_worker_from_submit_to_succeeded() {
     let sent = &seen.lock().unwrap().lambda[0].2;
     let deadline = chrono::DateTime::parse_from_rfc3339(sent["deadline"].as_str().unwrap()).unwrap();
     assert!(deadline.timestamp() - chrono::Utc::now().timestamp() <= 60);
+}
+
+#[tokio::test]
+async fn the_readme_python_lambda_handler_follows_the_contract() {
+    let (_, _, catalog, registry) = setup().await;
+    let ok = run(
+        &registry,
+        &catalog,
+        json!({"type": "fn-python-resize", "payload": {"key": "a.png"}}),
+    )
+    .await;
+    assert_eq!(ok.unwrap(), json!({"thumbnail": "thumbs/a.png", "attempt": 1}));
+    let busy = run(
+        &registry,
+        &catalog,
+        json!({"type": "fn-python-resize", "payload": {"key": "busy/b.png"}}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!((busy.retryable, busy.kind.as_str()), (true, "function_error"), "{busy}");
+    assert!(busy.message.starts_with("RuntimeError: storage is busy"), "{busy}");
+    let bad = run(
+        &registry,
+        &catalog,
+        json!({"type": "fn-python-resize", "payload": {"key": 7}}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!((bad.retryable, bad.kind.as_str()), (false, "function_error"), "{bad}");
+}
+
+/// Kills the receiver when the test ends, however it ends.
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_readme_python_http_receiver_takes_signed_tasks_and_refuses_forged_ones() {
+    let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _receiver = Child(
+        std::process::Command::new("python3")
+            .arg("examples/python/http_receiver.py")
+            .env("PORT", port.to_string())
+            .env("TASKQ_SIGNING_SECRET", std::str::from_utf8(SECRET).unwrap())
+            .spawn()
+            .expect("python3 runs the README's receiver"),
+    );
+    let started = std::time::Instant::now();
+    while tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the receiver did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let catalog =
+        Catalog::from_json(&json!({"py": {"target": {"http": format!("http://127.0.0.1:{port}/run")}}}).to_string())
+            .unwrap();
+    let network = Network::PublicAnd(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+    for (secret, accepted) in [(SECRET, true), (&b"somebody-else-entirely-with-32-chars!!"[..], false)] {
+        let mut registry = Registry::with_builtins();
+        let clients = TargetClients {
+            lambda: None,
+            http: Some(HttpClient::new(network.clone(), secret)),
+        };
+        targets::register(&mut registry, &catalog, &clients).unwrap();
+        let t = task(&catalog, json!({"type": "py", "payload": {"n": 1}})).await;
+        let id = t.id.to_string();
+        let handler = registry.get("py").unwrap();
+        let outcome = handler.run(TaskContext::detached(t)).await;
+        if accepted {
+            assert_eq!(outcome.unwrap(), json!({"handled": id, "payload": {"n": 1}}));
+        } else {
+            let e = outcome.unwrap_err();
+            assert_eq!((e.retryable, e.kind.as_str()), (false, "target_status"), "{e}");
+            assert!(e.message.starts_with("HTTP 401"), "{e}");
+        }
+    }
 }
