@@ -18,23 +18,41 @@ const WEBHOOK_SECRET: &str = "webhook-e2e-signing-secret-0123456789";
 
 type Seen = Arc<Mutex<Vec<(HeaderMap, Bytes, bool)>>>;
 
+/// Whether a request carries a valid signature over its body (as a receiver checks it).
+fn verified(headers: &HeaderMap, body: &[u8]) -> bool {
+    let sig = headers
+        .get("taskq-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let now = chrono::Utc::now().timestamp();
+    taskq_webhook::verify(
+        WEBHOOK_SECRET.as_bytes(),
+        sig,
+        body,
+        now,
+        taskq_webhook::DEFAULT_TOLERANCE,
+    )
+    .is_ok()
+}
+
+/// GET `url` with `token`, as JSON.
+async fn get_json(http: &reqwest::Client, url: String, token: &str) -> Value {
+    http.get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// A receiver that answers 503 to its first request, then 200, and records whether each
 /// request's signature verified.
 async fn receiver() -> (Seen, String) {
     let seen: Seen = Arc::default();
     async fn hook(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> StatusCode {
-        let sig = headers
-            .get("taskq-signature")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let ok = taskq_webhook::verify(
-            WEBHOOK_SECRET.as_bytes(),
-            sig,
-            &body,
-            chrono::Utc::now().timestamp(),
-            taskq_webhook::DEFAULT_TOLERANCE,
-        )
-        .is_ok();
+        let ok = verified(&headers, &body);
         let mut seen = seen.lock().unwrap();
         seen.push((headers, body, ok));
         if seen.len() == 1 {
@@ -122,15 +140,7 @@ async fn a_finished_task_is_posted_signed_once_and_recorded(server: LocalServer)
     // retry a 204.
     let deadline = Instant::now() + Duration::from_secs(20);
     let events = loop {
-        let events: Value = http
-            .get(format!("{base}/v1/tasks/{id}/events"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let events = get_json(&http, format!("{base}/v1/tasks/{id}/events"), &token).await;
         let kinds: Vec<&str> = events["events"]
             .as_array()
             .unwrap()
@@ -159,15 +169,7 @@ async fn a_finished_task_is_posted_signed_once_and_recorded(server: LocalServer)
         2,
         "one 503, one retry; nothing after the outcome was recorded"
     );
-    let task: Value = http
-        .get(format!("{base}/v1/tasks/{id}"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let task = get_json(&http, format!("{base}/v1/tasks/{id}"), &token).await;
     for (headers, body, verified) in &seen {
         assert!(verified, "the receiver verified the signature");
         assert_eq!(headers["taskq-event"], "task.succeeded");
@@ -185,19 +187,7 @@ async fn a_finished_task_is_posted_signed_once_and_recorded(server: LocalServer)
 async fn a_configured_http_task_type_runs_at_its_target() {
     let seen: Seen = Arc::default();
     async fn target(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
-        let sig = headers
-            .get("taskq-signature")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let now = chrono::Utc::now().timestamp();
-        let ok = taskq_webhook::verify(
-            WEBHOOK_SECRET.as_bytes(),
-            sig,
-            &body,
-            now,
-            taskq_webhook::DEFAULT_TOLERANCE,
-        )
-        .is_ok();
+        let ok = verified(&headers, &body);
         let task: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let mut seen = seen.lock().unwrap();
         seen.push((headers, body, ok));
@@ -246,15 +236,7 @@ async fn a_configured_http_task_type_runs_at_its_target() {
         .await
         .unwrap();
     let id = submitted["id"].as_str().expect("a task").to_owned();
-    let task: Value = http
-        .get(format!("{base}/v1/tasks/{id}?wait=20"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let task = get_json(&http, format!("{base}/v1/tasks/{id}?wait=20"), &token).await;
     assert_eq!(task["status"], "succeeded", "{task}");
     assert_eq!(task["result"], json!({"sent_to": "ana", "attempt": 2}));
     let seen = seen.lock().unwrap();
