@@ -125,7 +125,12 @@ impl Catalog {
     pub fn builtin() -> Self {
         let types = BUILTIN_TYPES
             .iter()
-            .map(|name| (name.to_string(), TypeSpec::builtin(name)))
+            .filter_map(|name| {
+                Some((
+                    name.to_string(),
+                    TypeSpec::with_contract_limits(TaskType::parse(name).ok()?),
+                ))
+            })
             .collect();
         Self {
             types: Arc::new(types),
@@ -182,7 +187,7 @@ impl Catalog {
             return Ok(spec.clone());
         }
         if self.open {
-            return Ok(TypeSpec::builtin(name.as_str()));
+            return Ok(TypeSpec::with_contract_limits(name.clone()));
         }
         let known: Vec<&str> = self.types.keys().map(String::as_str).collect();
         Err(format!(
@@ -214,9 +219,10 @@ impl Catalog {
 }
 
 impl TypeSpec {
-    fn builtin(name: &str) -> Self {
+    /// A built-in target with the v1 contract's limits.
+    fn with_contract_limits(name: TaskType) -> Self {
         Self {
-            name: TaskType::parse(name).unwrap_or_else(|_| TaskType::parse("echo").expect("a valid name")),
+            name,
             target: Target::Builtin,
             timeout_seconds: Bounds {
                 default: DEFAULT_TIMEOUT_SECONDS,
