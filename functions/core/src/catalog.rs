@@ -181,6 +181,23 @@ impl Catalog {
         }
     }
 
+    /// This catalog, also accepting `names` (with the contract's limits) where it has no entry:
+    /// handlers an embedder registers in code next to the API, as taskq-local's
+    /// `LocalOptions::registry` does. Configured types keep their limits; a name given here is
+    /// accepted even if the configuration removed it (its handler is there).
+    pub fn accepting<'a>(self, names: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut types = (*self.types).clone();
+        for name in names {
+            if let (false, Ok(t)) = (types.contains_key(name), TaskType::parse(name)) {
+                types.insert(name.to_owned(), TypeSpec::with_contract_limits(t));
+            }
+        }
+        Self {
+            types: Arc::new(types),
+            open: self.open,
+        }
+    }
+
     /// The type named `name`; `Err` says why it is not accepted.
     pub fn get(&self, name: &TaskType) -> Result<TypeSpec, String> {
         if let Some(spec) = self.types.get(name.as_str()) {
@@ -497,6 +514,19 @@ mod tests {
         }
         assert!(Catalog::from_json("[1]").is_err());
         assert!(Catalog::from_json(r#"{"x": {"target": {"lambda": "f"}, "colour": 1}}"#).is_err());
+    }
+
+    #[test]
+    fn handlers_registered_in_code_are_accepted_without_changing_configured_ones() {
+        let c = Catalog::from_json(r#"{"echo": {"max_attempts": {"default": 1, "max": 1}}}"#)
+            .unwrap()
+            .accepting(["digest", "echo", "Not Valid"]);
+        assert_eq!(
+            c.get(&t("digest")).unwrap().max_attempts,
+            Bounds { default: 3, max: 25 }
+        );
+        assert_eq!(c.get(&t("echo")).unwrap().max_attempts, Bounds { default: 1, max: 1 });
+        assert!(!c.names().contains(&"Not Valid"));
     }
 
     #[test]

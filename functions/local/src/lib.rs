@@ -50,7 +50,8 @@ pub struct LocalOptions {
     /// Run the emulated event source mappings (off: the API only).
     pub workers: bool,
     /// Task handlers; `None`: the built-in types, `webhook` reaching what `outbound` allows,
-    /// and a handler for each `lambda` and `http` type of `types`.
+    /// and a handler for each `lambda` and `http` type of `types`. Given: the API also accepts
+    /// every type it registers (`Catalog::accepting`).
     pub registry: Option<Registry>,
     /// The task types the API accepts (`TASKQ_TASK_TYPES`; default: the built-ins).
     pub types: Catalog,
@@ -182,8 +183,12 @@ pub async fn start(options: LocalOptions) -> std::io::Result<LocalServer> {
     let refreshing = Arc::new(RefreshingStore::new(store, layer.clone()).with_changes(changes));
     let store: Arc<dyn TaskStore> = refreshing.clone();
     let lookup = options.lookup.unwrap_or_else(|| Arc::new(taskq_outbound::SystemLookup));
-    let registry = match options.registry {
-        Some(registry) => registry,
+    // Handlers given in code are accepted by the API too (the catalog cannot name them).
+    let (registry, types) = match options.registry {
+        Some(registry) => {
+            let types = options.types.accepting(registry.types());
+            (registry, types)
+        }
         None => {
             let policy = taskq_worker::builtin::Webhook::policy(options.outbound.clone());
             let outbound = taskq_outbound::Outbound::with_lookup(policy, lookup.clone());
@@ -197,7 +202,7 @@ pub async fn start(options: LocalOptions) -> std::io::Result<LocalServer> {
                 http: Some(http),
             };
             taskq_worker::targets::register(&mut registry, &options.types, &clients).map_err(std::io::Error::other)?;
-            registry
+            (registry, options.types)
         }
     };
     let deliverer = Deliverer::with_lookup(
@@ -215,7 +220,7 @@ pub async fn start(options: LocalOptions) -> std::io::Result<LocalServer> {
     .with_limits(options.policy, limiter)
     .with_submit_rules(SubmitRules {
         callback: options.callback,
-        types: options.types,
+        types,
     });
     let state = if embedded {
         state.with_cache_info(Arc::new(EmbeddedCache))
